@@ -1,0 +1,78 @@
+// Typed configuration: loaded from config.yaml, ${VAR} expansion, env overrides, validated.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "core/error.h"
+
+namespace ka::config {
+
+struct Embedded {
+    std::string data_dir;  // empty: per-user default, see db/embedded.h
+    int port = 0;          // 0: unix socket only
+    std::string bin_dir;   // empty: auto-detect the PostgreSQL server binaries
+    std::string run_as;    // account running the server when we are root
+};
+
+struct Postgres {
+    std::string url;  // empty: embedded cluster
+    int pool_size = 0;
+    int connect_timeout = 0;  // seconds
+    Embedded embedded;
+};
+
+struct Config {
+    Postgres postgres;
+    struct {
+        int dimensions = 0;
+    } embedding;
+    struct {
+        struct {
+            int m = 0;
+            int ef_construction = 0;
+        } hnsw;
+    } index;
+    struct {
+        int ef_search = 0;
+    } search;
+    struct {
+        std::string level;
+        std::string format;
+    } log;
+    struct {
+        bool auto_apply = true;
+    } migrations;
+
+    std::string source;  // the file it was read from, empty when none
+
+    bool embedded() const { return postgres.url.empty(); }
+};
+
+// Reads an environment variable; injectable for tests.
+using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
+std::optional<std::string> process_env(const std::string& name);
+
+struct LoadOptions {
+    std::optional<std::string> path;  // --config; else KNOWLEDGE_AGENT_CONFIG; else the XDG default if present
+    EnvLookup env = process_env;
+};
+
+// Loads defaults, then the YAML file, then environment overrides, then validates.
+Result<Config> load(const LoadOptions& options);
+
+// Same, from YAML text (no file): for tests and `config check -`.
+Result<Config> load_from_string(const std::string& yaml, const EnvLookup& env,
+                                const std::string& source_name = "<string>");
+
+// Expands ${VAR}, ${VAR:-default} and $$ in one configuration value.
+Result<std::string> expand_variables(const std::string& value, const EnvLookup& env);
+
+// The documented example file, generated from the settings schema.
+std::string example_yaml();
+
+// The effective configuration as YAML with secrets redacted.
+std::string dump_yaml(const Config& config);
+
+}  // namespace ka::config
