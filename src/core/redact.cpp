@@ -59,7 +59,7 @@ std::string mask_password_pairs(std::string_view text) {
                                 [](char a, char b) {
                                     return a == std::tolower(static_cast<unsigned char>(b));
                                 });
-        bool word_start = i == 0 || !std::isalnum(static_cast<unsigned char>(text[i - 1]));
+        bool word_start = i == 0 || !(std::isalnum(static_cast<unsigned char>(text[i - 1])) || text[i - 1] == '_');
         if (!match || !word_start) {
             ++i;
             continue;
@@ -74,10 +74,20 @@ std::string mask_password_pairs(std::string_view text) {
         while (j < text.size() && text[j] == ' ') ++j;
         std::size_t value_end = j;
         if (j < text.size() && text[j] == '\'') {
-            // Quoted conninfo value: backslash escapes the next character.
             value_end = j + 1;
-            while (value_end < text.size() && text[value_end] != '\'') {
-                value_end += text[value_end] == '\\' ? 2 : 1;
+            // Quoted value: backslash escapes (conninfo) and doubled quotes (SQL) both continue it.
+            while (value_end < text.size()) {
+                if (text[value_end] == '\\') {
+                    value_end += 2;
+                } else if (text[value_end] == '\'') {
+                    if (value_end + 1 < text.size() && text[value_end + 1] == '\'') {
+                        value_end += 2;
+                    } else {
+                        break;
+                    }
+                } else {
+                    ++value_end;
+                }
             }
             value_end = std::min(value_end + 1, text.size());
         } else {

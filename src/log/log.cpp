@@ -100,6 +100,7 @@ void redirect(std::ostream* out) {
     std::shared_ptr<spdlog::sinks::sink> sink;
     if (out) sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(*out, true);
     else sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
+    sink->set_pattern("%v");
     logger()->sinks() = {sink};
 }
 
