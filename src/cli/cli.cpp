@@ -4,8 +4,8 @@
 #include <optional>
 #include <string>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "config/config.h"
@@ -24,7 +24,9 @@ bool json_logs = false;
 // Logs a failure in the guide's style, then the long explanation and the fix.
 int report(std::string_view context, const Error& e) {
     if (json_logs) {
-        log::error(context, {{"error", e.message}, {"code", std::string(to_string(e.code))}, {"hint", e.hint},
+        log::error(context, {{"error", e.message},
+                             {"code", std::string(to_string(e.code))},
+                             {"hint", e.hint},
                              {"detail", e.detail}});
     } else {
         log::error(context, {{"error", e.message}});
@@ -48,13 +50,15 @@ Result<config::Config> load_config(const Globals& g) {
 }
 
 // Connects and runs the start-up path; `apply` overrides migrations.auto when set.
-Result<db::Connection> open_ready(const config::Config& config, std::optional<bool> apply, int& exit) {
+Result<db::Connection> open_ready(const config::Config& config, std::optional<bool> apply,
+                                  int& exit) {
     auto conn = db::connect(config);
     if (!conn) {
         exit = report("Failed to connect to PostgreSQL", conn.error());
         return conn;
     }
-    if (auto ok = db::prepare_schema(*conn, config, apply.value_or(config.migrations.auto_apply)); !ok) {
+    if (auto ok = db::prepare_schema(*conn, config, apply.value_or(config.migrations.auto_apply));
+        !ok) {
         exit = report("Failed to run database migrations", ok.error());
         return std::unexpected(ok.error());
     }
@@ -65,17 +69,21 @@ int cmd_db(const Globals& g, const std::string& action, bool json) {
     auto config = load_config(g);
     if (!config) return report("Invalid configuration", config.error());
     if (!config->embedded()) {
-        return report("Cannot manage the database",
-                      Error{ErrorCode::invalid_argument,
-                            "postgres.url is set: `db " + action + "` manages only the embedded cluster",
-                            "unset postgres.url / POSTGRES_URL to use the embedded cluster", {}});
+        return report(
+            "Cannot manage the database",
+            Error{ErrorCode::invalid_argument,
+                  "postgres.url is set: `db " + action + "` manages only the embedded cluster",
+                  "unset postgres.url / POSTGRES_URL to use the embedded cluster",
+                  {}});
     }
     auto cluster = db::resolve_embedded(config->postgres.embedded);
     if (!cluster) return report("Embedded PostgreSQL unavailable", cluster.error());
     if (action == "start") {
-        if (auto ok = db::start_embedded(*cluster); !ok) return report("Failed to start embedded PostgreSQL", ok.error());
+        if (auto ok = db::start_embedded(*cluster); !ok)
+            return report("Failed to start embedded PostgreSQL", ok.error());
     } else if (action == "stop") {
-        if (auto ok = db::stop_embedded(*cluster); !ok) return report("Failed to stop embedded PostgreSQL", ok.error());
+        if (auto ok = db::stop_embedded(*cluster); !ok)
+            return report("Failed to stop embedded PostgreSQL", ok.error());
     }
     auto status = db::embedded_status(*cluster);
     if (!status) return report("Failed to read embedded PostgreSQL status", status.error());
@@ -92,14 +100,17 @@ int cmd_db(const Globals& g, const std::string& action, bool json) {
     } else {
         std::cout << fmt::format("embedded PostgreSQL {}: {}\n", status->server_version,
                                  !status->initialized ? "not initialised"
-                                 : status->running   ? fmt::format("running (pid {})", status->pid)
-                                                     : "stopped");
-        std::cout << fmt::format("  data dir: {}\n  connect:  psql \"{}\"\n  log:      {}\n", cluster->data_dir.string(),
-                                 db::embedded_target(*cluster).conninfo, db::embedded_log_file(*cluster).string());
+                                 : status->running    ? fmt::format("running (pid {})", status->pid)
+                                                      : "stopped");
+        std::cout << fmt::format("  data dir: {}\n  connect:  psql \"{}\"\n  log:      {}\n",
+                                 cluster->data_dir.string(), db::embedded_target(*cluster).conninfo,
+                                 db::embedded_log_file(*cluster).string());
         if (cluster->port > 0) {
-            std::cout << fmt::format("  tcp:      postgres://{}@127.0.0.1:{}/{} (password in {}/knowledge-agent.password)\n",
-                                     db::kEmbeddedSuperuser, cluster->port, db::kEmbeddedDatabase,
-                                     cluster->data_dir.string());
+            std::cout << fmt::format(
+                "  tcp:      postgres://{}@127.0.0.1:{}/{} (password in "
+                "{}/knowledge-agent.password)\n",
+                db::kEmbeddedSuperuser, cluster->port, db::kEmbeddedDatabase,
+                cluster->data_dir.string());
         }
     }
     // `status` reports a stopped cluster with exit 3, like pg_ctl status.
@@ -129,8 +140,9 @@ int cmd_migrate(const Globals& g, const std::string& action, bool json) {
                          {"applied_at", m.applied_at},
                          {"duration_ms", m.duration_ms}});
         } else {
-            std::cout << fmt::format("{:04}  {:<28} {:<8} {}\n", m.version, m.name, db::to_string(m.state),
-                                     m.applied_at.empty() ? "" : fmt::format("{} ({} ms)", m.applied_at, m.duration_ms));
+            std::cout << fmt::format(
+                "{:04}  {:<28} {:<8} {}\n", m.version, m.name, db::to_string(m.state),
+                m.applied_at.empty() ? "" : fmt::format("{} ({} ms)", m.applied_at, m.duration_ms));
         }
     }
     if (json) std::cout << j.dump(2) << "\n";
@@ -155,7 +167,10 @@ int cmd_config(const Globals& g, const std::string& action) {
     if (action == "show") {
         std::cout << config::dump_yaml(*config);
     } else {
-        std::cout << "configuration is valid" << (config->source.empty() ? " (defaults and environment)" : " (" + config->source + ")") << "\n";
+        std::cout << "configuration is valid"
+                  << (config->source.empty() ? " (defaults and environment)"
+                                             : " (" + config->source + ")")
+                  << "\n";
     }
     return 0;
 }
@@ -163,11 +178,14 @@ int cmd_config(const Globals& g, const std::string& action) {
 }  // namespace
 
 int run(int argc, char** argv) {
-    CLI::App app{"Knowledge Agent: a self-hosted knowledge base for engineering teams, on PostgreSQL + pgvector"};
+    CLI::App app{
+        "Knowledge Agent: a self-hosted knowledge base for engineering teams, on PostgreSQL + "
+        "pgvector"};
     app.require_subcommand(1);
     Globals g;
-    app.add_option("-c,--config", g.config_path, "config file (default: $KNOWLEDGE_AGENT_CONFIG, then "
-                                                 "~/.config/knowledge-agent/config.yaml if present)");
+    app.add_option("-c,--config", g.config_path,
+                   "config file (default: $KNOWLEDGE_AGENT_CONFIG, then "
+                   "~/.config/knowledge-agent/config.yaml if present)");
     int exit = 0;
     bool json = false;
 
@@ -184,7 +202,8 @@ int run(int argc, char** argv) {
     migrate->add_subcommand("up", "verify pgvector and apply pending migrations")->callback([&] {
         exit = cmd_migrate(g, "up", false);
     });
-    auto* mstatus = migrate->add_subcommand("status", "list migrations and whether each is applied");
+    auto* mstatus =
+        migrate->add_subcommand("status", "list migrations and whether each is applied");
     mstatus->add_flag("--json", json, "machine-readable output");
     mstatus->callback([&] { exit = cmd_migrate(g, "status", json); });
 
@@ -194,13 +213,18 @@ int run(int argc, char** argv) {
 
     auto* cfg = app.add_subcommand("config", "configuration");
     cfg->require_subcommand(1);
-    cfg->add_subcommand("check", "validate the configuration")->callback([&] { exit = cmd_config(g, "check"); });
-    cfg->add_subcommand("show", "print the effective configuration (secrets redacted)")->callback([&] {
-        exit = cmd_config(g, "show");
+    cfg->add_subcommand("check", "validate the configuration")->callback([&] {
+        exit = cmd_config(g, "check");
     });
-    cfg->add_subcommand("example", "print config-example.yaml")->callback([&] { exit = cmd_config(g, "example"); });
+    cfg->add_subcommand("show", "print the effective configuration (secrets redacted)")
+        ->callback([&] { exit = cmd_config(g, "show"); });
+    cfg->add_subcommand("example", "print config-example.yaml")->callback([&] {
+        exit = cmd_config(g, "example");
+    });
 
-    app.add_subcommand("version", "print the version")->callback([&] { std::cout << "knowledge-agent " << KA_VERSION << "\n"; });
+    app.add_subcommand("version", "print the version")->callback([&] {
+        std::cout << "knowledge-agent " << KA_VERSION << "\n";
+    });
 
     try {
         app.parse(argc, argv);

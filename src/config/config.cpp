@@ -64,7 +64,9 @@ Status assign(const Setting& setting, Config& config, const std::string& text,
             *std::get<int*>(field) = static_cast<int>(value);
             return {};
         }
-        case Type::string: *std::get<std::string*>(field) = text; return {};
+        case Type::string:
+            *std::get<std::string*>(field) = text;
+            return {};
         case Type::choice:
             if (std::find(setting.choices.begin(), setting.choices.end(), text) ==
                 setting.choices.end()) {
@@ -104,9 +106,10 @@ Status apply_yaml(const YAML::Node& node, const std::string& path, Config& confi
         return fmt::format("{} line {}", source, n.Mark().line + 1);
     };
     if (!node.IsMap()) {
-        return std::unexpected(config_error(fmt::format(
-            "config {} ({}): expected a mapping of keys, got a {}", path.empty() ? "file" : "key '" + path + "'",
-            where(node), node.IsSequence() ? "list" : "single value")));
+        return std::unexpected(
+            config_error(fmt::format("config {} ({}): expected a mapping of keys, got a {}",
+                                     path.empty() ? "file" : "key '" + path + "'", where(node),
+                                     node.IsSequence() ? "list" : "single value")));
     }
     for (const auto& item : node) {
         std::string name = item.first.as<std::string>();
@@ -126,14 +129,14 @@ Status apply_yaml(const YAML::Node& node, const std::string& path, Config& confi
         }
         if (value.IsNull()) continue;  // `key:` with no value keeps the default
         if (!value.IsScalar()) {
-            return std::unexpected(config_error(fmt::format(
-                "config key '{}' ({}): expected {}, got a {}", key, where(value),
-                allowed_values(*setting), value.IsMap() ? "mapping" : "list")));
+            return std::unexpected(config_error(
+                fmt::format("config key '{}' ({}): expected {}, got a {}", key, where(value),
+                            allowed_values(*setting), value.IsMap() ? "mapping" : "list")));
         }
         auto expanded = expand_variables(value.Scalar(), env);
         if (!expanded) {
-            expanded.error().message =
-                fmt::format("config key '{}' ({}): {}", key, where(value), expanded.error().message);
+            expanded.error().message = fmt::format("config key '{}' ({}): {}", key, where(value),
+                                                   expanded.error().message);
             return std::unexpected(expanded.error());
         }
         if (auto ok = assign(*setting, config, *expanded, where(value)); !ok) return ok;
@@ -298,8 +301,9 @@ Result<std::string> expand_variables(const std::string& value, const EnvLookup& 
         }
         std::size_t close = value.find('}', i + 2);
         if (close == std::string::npos) {
-            return std::unexpected(config_error(
-                fmt::format("unterminated '${{' in '{}'", redact(value)), "close it with '}', or write $$ for a literal $"));
+            return std::unexpected(
+                config_error(fmt::format("unterminated '${{' in '{}'", redact(value)),
+                             "close it with '}', or write $$ for a literal $"));
         }
         std::string inner = value.substr(i + 2, close - i - 2);
         std::optional<std::string> fallback;
@@ -308,13 +312,12 @@ Result<std::string> expand_variables(const std::string& value, const EnvLookup& 
             inner.resize(sep);
         }
         bool valid = !inner.empty() && !std::isdigit(static_cast<unsigned char>(inner[0])) &&
-                     std::all_of(inner.begin(), inner.end(), [](unsigned char c) {
-                         return std::isalnum(c) || c == '_';
-                     });
+                     std::all_of(inner.begin(), inner.end(),
+                                 [](unsigned char c) { return std::isalnum(c) || c == '_'; });
         if (!valid) {
-            return std::unexpected(
-                config_error(fmt::format("'${{{}}}' is not a valid variable reference", inner),
-                             "use ${NAME} or ${NAME:-default} with NAME made of letters, digits and _"));
+            return std::unexpected(config_error(
+                fmt::format("'${{{}}}' is not a valid variable reference", inner),
+                "use ${NAME} or ${NAME:-default} with NAME made of letters, digits and _"));
         }
         auto found = env(inner);
         if (found && !found->empty()) {
@@ -341,7 +344,8 @@ Result<Config> load(const LoadOptions& options) {
     bool explicit_path = true;
     if (options.path) {
         path = *options.path;
-    } else if (auto from_env = options.env("KNOWLEDGE_AGENT_CONFIG"); from_env && !from_env->empty()) {
+    } else if (auto from_env = options.env("KNOWLEDGE_AGENT_CONFIG");
+               from_env && !from_env->empty()) {
         path = *from_env;
     } else {
         path = default_config_path(options.env);
@@ -352,8 +356,9 @@ Result<Config> load(const LoadOptions& options) {
     }
     std::ifstream in(path);
     if (!in) {
-        return std::unexpected(config_error(fmt::format("cannot read config file {}", path),
-                                            "check the path given with --config or KNOWLEDGE_AGENT_CONFIG"));
+        return std::unexpected(
+            config_error(fmt::format("cannot read config file {}", path),
+                         "check the path given with --config or KNOWLEDGE_AGENT_CONFIG"));
     }
     std::stringstream text;
     text << in.rdbuf();
@@ -368,8 +373,9 @@ std::string example_yaml() {
         "# be set by the environment variable named below it, which wins over this file.\n\n";
     return header + render_yaml(
                         [](const Setting& s) {
-                            return s.type == Type::string ? yaml_scalar(std::string(s.default_value))
-                                                          : std::string(s.default_value);
+                            return s.type == Type::string
+                                       ? yaml_scalar(std::string(s.default_value))
+                                       : std::string(s.default_value);
                         },
                         true);
 }

@@ -55,7 +55,8 @@ using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
 std::optional<std::string> process_env(const std::string& name);
 
 struct LoadOptions {
-    std::optional<std::string> path;  // --config; else KNOWLEDGE_AGENT_CONFIG; else the XDG default if present
+    std::optional<std::string>
+        path;  // --config; else KNOWLEDGE_AGENT_CONFIG; else the XDG default if present
     EnvLookup env = process_env;
 };
 

@@ -55,11 +55,11 @@ std::string mask_password_pairs(std::string_view text) {
     std::size_t pos = 0;
     std::size_t i = 0;
     while (i + kKey.size() <= text.size()) {
-        bool match = std::equal(kKey.begin(), kKey.end(), text.begin() + static_cast<long>(i),
-                                [](char a, char b) {
-                                    return a == std::tolower(static_cast<unsigned char>(b));
-                                });
-        bool word_start = i == 0 || !(std::isalnum(static_cast<unsigned char>(text[i - 1])) || text[i - 1] == '_');
+        bool match = std::equal(
+            kKey.begin(), kKey.end(), text.begin() + static_cast<long>(i),
+            [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); });
+        bool word_start = i == 0 || !(std::isalnum(static_cast<unsigned char>(text[i - 1])) ||
+                                      text[i - 1] == '_');
         if (!match || !word_start) {
             ++i;
             continue;
@@ -91,7 +91,8 @@ std::string mask_password_pairs(std::string_view text) {
             }
             value_end = std::min(value_end + 1, text.size());
         } else {
-            while (value_end < text.size() && !std::isspace(static_cast<unsigned char>(text[value_end])) &&
+            while (value_end < text.size() &&
+                   !std::isspace(static_cast<unsigned char>(text[value_end])) &&
                    text[value_end] != '&' && text[value_end] != '"')
                 ++value_end;
         }

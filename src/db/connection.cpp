@@ -40,7 +40,8 @@ Result<Connection> Connection::open(const Target& target, int connect_timeout_se
         return std::unexpected(error);
     }
     // Notices (e.g. "extension already exists, skipping") are not for end users.
-    PQsetNoticeProcessor(conn, [](void*, const char*) {}, nullptr);
+    PQsetNoticeProcessor(
+        conn, [](void*, const char*) {}, nullptr);
     return Connection(conn, target);
 }
 
@@ -88,48 +89,73 @@ Error statement_error(const PGresult* result, PGconn* conn) {
     std::string fix = hint ? hint : "";
     if (fix.empty()) {
         std::string_view s = state ? state : "";
-        if (s == "25006") fix = "the database is read-only (default_transaction_read_only or a standby); point postgres.url at the primary";
-        else if (s == "53100") fix = "the database server is out of disk space; free space on its data volume";
-        else if (s == "42501") fix = "grant the privilege to the database user (see docs/postgresql.md, User Permissions)";
-        else if (code == ErrorCode::unavailable) fix = "PostgreSQL is unavailable; retry when it is back";
+        if (s == "25006")
+            fix =
+                "the database is read-only (default_transaction_read_only or a standby); point "
+                "postgres.url at the primary";
+        else if (s == "53100")
+            fix = "the database server is out of disk space; free space on its data volume";
+        else if (s == "42501")
+            fix =
+                "grant the privilege to the database user (see docs/postgresql.md, User "
+                "Permissions)";
+        else if (code == ErrorCode::unavailable)
+            fix = "PostgreSQL is unavailable; retry when it is back";
     }
-    return Error{code, redact(fmt::format("PostgreSQL error{}: {}", state ? fmt::format(" {}", state) : "", message)),
-                 redact(fix), {}};
+    return Error{code,
+                 redact(fmt::format("PostgreSQL error{}: {}",
+                                    state ? fmt::format(" {}", state) : "", message)),
+                 redact(fix),
+                 {}};
 }
 
 Error connection_error(std::string_view libpq_message, const Target& target) {
     std::string reason = redact(trimmed(libpq_message));
     std::string hint;
-    if (contains(reason, "password authentication failed") || contains(reason, "no password supplied") ||
-        contains(reason, "authentication failed")) {
-        hint = "check the user name and password in postgres.url (or POSTGRES_URL); percent-encode "
-               "special characters in the password";
+    if (contains(reason, "password authentication failed") ||
+        contains(reason, "no password supplied") || contains(reason, "authentication failed")) {
+        hint =
+            "check the user name and password in postgres.url (or POSTGRES_URL); percent-encode "
+            "special characters in the password";
     } else if (contains(reason, "no pg_hba.conf entry")) {
-        hint = "the server's pg_hba.conf does not admit this client; add a host/hostssl rule for it, "
-               "or connect with sslmode=require if only SSL connections are allowed";
-    } else if (contains(reason, "certificate") || contains(reason, "SSL") || contains(reason, "ssl")) {
-        hint = "check sslmode and sslrootcert in postgres.url: verify-full needs the CA certificate "
-               "that signed the server's certificate (sslrootcert=/path/ca.crt) and a host name that "
-               "matches it; the server must have ssl=on for sslmode=require";
+        hint =
+            "the server's pg_hba.conf does not admit this client; add a host/hostssl rule for it, "
+            "or connect with sslmode=require if only SSL connections are allowed";
+    } else if (contains(reason, "certificate") || contains(reason, "SSL") ||
+               contains(reason, "ssl")) {
+        hint =
+            "check sslmode and sslrootcert in postgres.url: verify-full needs the CA certificate "
+            "that signed the server's certificate (sslrootcert=/path/ca.crt) and a host name that "
+            "matches it; the server must have ssl=on for sslmode=require";
     } else if (contains(reason, "timeout expired")) {
-        hint = "the server did not answer within connect_timeout; check the host, port, firewall or "
-               "security group, or raise postgres.connect_timeout";
+        hint =
+            "the server did not answer within connect_timeout; check the host, port, firewall or "
+            "security group, or raise postgres.connect_timeout";
     } else if (contains(reason, "could not translate host name")) {
         hint = "the host name in postgres.url does not resolve; check it for typos";
     } else if (contains(reason, "does not exist") && contains(reason, "database")) {
-        hint = "create the database first (createdb knowledge_agent, or CREATE DATABASE knowledge_agent;)";
+        hint =
+            "create the database first (createdb knowledge_agent, or CREATE DATABASE "
+            "knowledge_agent;)";
     } else if (contains(reason, "role") && contains(reason, "does not exist")) {
         hint = "create the role first (CREATE USER knowledge_agent WITH PASSWORD '...';)";
-    } else if (contains(reason, "Connection refused") || contains(reason, "No such file or directory")) {
-        hint = target.embedded ? "the embedded cluster is not running; start it with `knowledge-agent db start`"
-                               : "no PostgreSQL server listens there; check host and port in postgres.url and that the server is running";
+    } else if (contains(reason, "Connection refused") ||
+               contains(reason, "No such file or directory")) {
+        hint = target.embedded
+                   ? "the embedded cluster is not running; start it with `knowledge-agent db start`"
+                   : "no PostgreSQL server listens there; check host and port in postgres.url and "
+                     "that the server is running";
     } else if (contains(reason, "too many")) {
-        hint = "the server has no free connection slots; lower postgres.pool_size or raise max_connections";
+        hint =
+            "the server has no free connection slots; lower postgres.pool_size or raise "
+            "max_connections";
     } else {
         hint = "check postgres.url and that the server is reachable";
     }
     return Error{ErrorCode::unavailable,
-                 fmt::format("cannot connect to PostgreSQL at {}: {}", target.label, reason), hint, {}};
+                 fmt::format("cannot connect to PostgreSQL at {}: {}", target.label, reason),
+                 hint,
+                 {}};
 }
 
 std::string quote_ident(std::string_view name) {

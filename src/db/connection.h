@@ -21,7 +21,7 @@ struct Target {
 };
 
 class PgResult {
-public:
+  public:
     explicit PgResult(PGresult* r) : result_(r, &PQclear) {}
     int rows() const { return PQntuples(result_.get()); }
     bool is_null(int row, int col) const { return PQgetisnull(result_.get(), row, col) != 0; }
@@ -34,14 +34,14 @@ public:
     bool boolean(int row, int col) const { return get(row, col) == "t"; }
     const PGresult* raw() const { return result_.get(); }
 
-private:
+  private:
     std::unique_ptr<PGresult, decltype(&PQclear)> result_;
 };
 
 using Params = std::vector<std::optional<std::string>>;
 
 class Connection {
-public:
+  public:
     // Connects; connect_timeout applies unless the conninfo sets its own.
     static Result<Connection> open(const Target& target, int connect_timeout_seconds);
 
@@ -54,7 +54,7 @@ public:
     const Target& target() const { return target_; }
     bool healthy() const { return conn_ && PQstatus(conn_.get()) == CONNECTION_OK; }
 
-private:
+  private:
     Connection(PGconn* c, Target t) : conn_(c, &PQfinish), target_(std::move(t)) {}
     std::unique_ptr<PGconn, decltype(&PQfinish)> conn_;
     Target target_;

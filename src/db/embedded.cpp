@@ -31,7 +31,9 @@ Error embedded_error(std::string message, std::string hint = {}) {
     return Error{ErrorCode::unavailable, std::move(message), std::move(hint), {}};
 }
 
-int socket_port(const EmbeddedCluster& c) { return c.port > 0 ? c.port : kEmbeddedSocketPort; }
+int socket_port(const EmbeddedCluster& c) {
+    return c.port > 0 ? c.port : kEmbeddedSocketPort;
+}
 
 fs::path default_data_dir(bool root) {
     if (root) return "/var/lib/knowledge-agent/postgres";
@@ -66,7 +68,8 @@ std::optional<fs::path> detect_bin_dir() {
     if (const char* path = std::getenv("PATH")) {
         std::stringstream dirs(path);
         for (std::string dir; std::getline(dirs, dir, ':');) {
-            if (!dir.empty() && access((fs::path(dir) / "initdb").c_str(), X_OK) == 0) return fs::path(dir);
+            if (!dir.empty() && access((fs::path(dir) / "initdb").c_str(), X_OK) == 0)
+                return fs::path(dir);
         }
     }
     return std::nullopt;
@@ -100,8 +103,8 @@ Status chown_to_owner(const EmbeddedCluster& c, const fs::path& path) {
     if (c.run_as.empty()) return {};
     const passwd* pw = getpwnam(c.run_as.c_str());
     if (!pw || chown(path.c_str(), pw->pw_uid, pw->pw_gid) != 0) {
-        return std::unexpected(embedded_error(fmt::format("cannot give {} to account {}: {}", path.string(),
-                                                          c.run_as, std::strerror(errno))));
+        return std::unexpected(embedded_error(fmt::format(
+            "cannot give {} to account {}: {}", path.string(), c.run_as, std::strerror(errno))));
     }
     return {};
 }
@@ -111,15 +114,17 @@ Status check_reachable(const EmbeddedCluster& c) {
     if (c.run_as.empty()) return {};
     const passwd* pw = getpwnam(c.run_as.c_str());
     for (fs::path dir = c.data_dir.parent_path(); !dir.empty(); dir = dir.parent_path()) {
-        struct stat st{};
+        struct stat st {};
         if (stat(dir.c_str(), &st) == 0) {
-            bool ok = (st.st_mode & S_IXOTH) || (st.st_uid == pw->pw_uid && (st.st_mode & S_IXUSR)) ||
+            bool ok = (st.st_mode & S_IXOTH) ||
+                      (st.st_uid == pw->pw_uid && (st.st_mode & S_IXUSR)) ||
                       (st.st_gid == pw->pw_gid && (st.st_mode & S_IXGRP));
             if (!ok) {
                 return std::unexpected(embedded_error(
-                    fmt::format("the account '{}' that runs the embedded PostgreSQL cannot enter {} "
-                                "(mode {:o})",
-                                c.run_as, dir.string(), st.st_mode & 07777),
+                    fmt::format(
+                        "the account '{}' that runs the embedded PostgreSQL cannot enter {} "
+                        "(mode {:o})",
+                        c.run_as, dir.string(), st.st_mode & 07777),
                     "set postgres.embedded.data_dir to a directory that account can reach, e.g. "
                     "/var/lib/knowledge-agent/postgres"));
             }
@@ -181,14 +186,15 @@ Status write_owned_file(const EmbeddedCluster& c, const fs::path& path, const st
 
 Status initdb(const EmbeddedCluster& c) {
     log::info("Initialising embedded PostgreSQL cluster", {{"data_dir", c.data_dir.string()}});
-    auto run = run_process(as_owner(c, {(c.bin_dir / "initdb").string(), "-D", c.data_dir.string(),
-                                        "-U", std::string(kEmbeddedSuperuser), "-E", "UTF8",
-                                        "--no-locale", "--auth-local=trust",
-                                        "--auth-host=scram-sha-256"}));
+    auto run =
+        run_process(as_owner(c, {(c.bin_dir / "initdb").string(), "-D", c.data_dir.string(), "-U",
+                                 std::string(kEmbeddedSuperuser), "-E", "UTF8", "--no-locale",
+                                 "--auth-local=trust", "--auth-host=scram-sha-256"}));
     if (!run) return std::unexpected(run.error());
     if (run->exit_code != 0) {
         return std::unexpected(embedded_error(
-            fmt::format("initdb failed for {}: {}", c.data_dir.string(), tail_lines(run->output, 5)),
+            fmt::format("initdb failed for {}: {}", c.data_dir.string(),
+                        tail_lines(run->output, 5)),
             "check that the data directory is writable by the account running PostgreSQL"));
     }
     std::ofstream conf(c.data_dir / "postgresql.conf", std::ios::app);
@@ -198,14 +204,16 @@ Status initdb(const EmbeddedCluster& c) {
 }
 
 bool is_running(const EmbeddedCluster& c) {
-    auto run = run_process(as_owner(c, {(c.bin_dir / "pg_ctl").string(), "status", "-D", c.data_dir.string()}));
+    auto run = run_process(
+        as_owner(c, {(c.bin_dir / "pg_ctl").string(), "status", "-D", c.data_dir.string()}));
     return run && run->exit_code == 0;
 }
 
 // Holds an exclusive flock for the lifetime of the object.
 class FileLock {
-public:
-    explicit FileLock(const fs::path& path) : fd_(open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600)) {
+  public:
+    explicit FileLock(const fs::path& path)
+        : fd_(open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600)) {
         if (fd_ >= 0) {
             while (flock(fd_, LOCK_EX) != 0 && errno == EINTR) {
             }
@@ -218,14 +226,15 @@ public:
     FileLock& operator=(const FileLock&) = delete;
     bool locked() const { return fd_ >= 0; }
 
-private:
+  private:
     int fd_;
 };
 
 Status ensure_database(const EmbeddedCluster& c) {
     auto conn = Connection::open(embedded_target(c, "postgres"), 10);
     if (!conn) return std::unexpected(conn.error());
-    auto found = conn->exec("SELECT 1 FROM pg_database WHERE datname = $1", {std::string(kEmbeddedDatabase)});
+    auto found = conn->exec("SELECT 1 FROM pg_database WHERE datname = $1",
+                            {std::string(kEmbeddedDatabase)});
     if (!found) return std::unexpected(found.error());
     if (found->rows() == 0) {
         if (auto made = conn->exec("CREATE DATABASE " + quote_ident(kEmbeddedDatabase)); !made) {
@@ -241,12 +250,14 @@ Status ensure_database(const EmbeddedCluster& c) {
         }
         std::string password;
         for (unsigned char b : bytes) password += fmt::format("{:02x}", b);
-        auto set = conn->exec(fmt::format("ALTER ROLE {} PASSWORD {}", quote_ident(kEmbeddedSuperuser),
-                                          quote_literal(password)));
+        auto set = conn->exec(fmt::format(
+            "ALTER ROLE {} PASSWORD {}", quote_ident(kEmbeddedSuperuser), quote_literal(password)));
         if (!set) return std::unexpected(set.error());
-        if (auto ok = write_owned_file(c, c.data_dir / kPasswordFile, password + "\n"); !ok) return ok;
-        log::info("Loopback access enabled", {{"port", std::to_string(c.port)},
-                                               {"password_file", (c.data_dir / kPasswordFile).string()}});
+        if (auto ok = write_owned_file(c, c.data_dir / kPasswordFile, password + "\n"); !ok)
+            return ok;
+        log::info("Loopback access enabled",
+                  {{"port", std::to_string(c.port)},
+                   {"password_file", (c.data_dir / kPasswordFile).string()}});
     }
     return {};
 }
@@ -256,17 +267,22 @@ Status ensure_database(const EmbeddedCluster& c) {
 Result<EmbeddedCluster> resolve_embedded(const config::Embedded& settings) {
     EmbeddedCluster c;
     bool root = geteuid() == 0;
-    c.data_dir = fs::absolute(settings.data_dir.empty() ? default_data_dir(root) : fs::path(settings.data_dir))
+    c.data_dir = fs::absolute(settings.data_dir.empty() ? default_data_dir(root)
+                                                        : fs::path(settings.data_dir))
                      .lexically_normal();
     if (c.data_dir.has_filename() == false) c.data_dir = c.data_dir.parent_path();
     std::string dir = c.data_dir.string();
     if (dir.find_first_of("\"\n\r") != std::string::npos) {
-        return fail(ErrorCode::config, "postgres.embedded.data_dir must not contain quotes or newlines");
+        return fail(ErrorCode::config,
+                    "postgres.embedded.data_dir must not contain quotes or newlines");
     }
     if (dir.size() + 1 + std::string_view(".s.PGSQL.65535").size() > kMaxSocketPath) {
-        return fail(ErrorCode::config,
-                    fmt::format("postgres.embedded.data_dir is too long for a unix socket path ({} characters)", dir.size()),
-                    "choose a data directory path of at most 90 characters");
+        return fail(
+            ErrorCode::config,
+            fmt::format(
+                "postgres.embedded.data_dir is too long for a unix socket path ({} characters)",
+                dir.size()),
+            "choose a data directory path of at most 90 characters");
     }
     c.port = settings.port;
     if (!settings.bin_dir.empty()) {
@@ -281,18 +297,22 @@ Result<EmbeddedCluster> resolve_embedded(const config::Embedded& settings) {
     for (const char* program : {"initdb", "pg_ctl", "postgres"}) {
         if (access((c.bin_dir / program).c_str(), X_OK) != 0) {
             return fail(ErrorCode::config,
-                        fmt::format("{} not found in postgres.embedded.bin_dir {}", program, c.bin_dir.string()),
-                        "set postgres.embedded.bin_dir to the directory holding initdb, pg_ctl and postgres");
+                        fmt::format("{} not found in postgres.embedded.bin_dir {}", program,
+                                    c.bin_dir.string()),
+                        "set postgres.embedded.bin_dir to the directory holding initdb, pg_ctl and "
+                        "postgres");
         }
     }
     if (root) {
         c.run_as = settings.run_as;
         const passwd* pw = getpwnam(c.run_as.c_str());
         if (!pw || pw->pw_uid == 0) {
-            return fail(ErrorCode::config,
-                        fmt::format("postgres.embedded.run_as '{}' is not an unprivileged account", c.run_as),
-                        "PostgreSQL refuses to run as root; create the account (adduser --system postgres) "
-                        "or name another one in postgres.embedded.run_as");
+            return fail(
+                ErrorCode::config,
+                fmt::format("postgres.embedded.run_as '{}' is not an unprivileged account",
+                            c.run_as),
+                "PostgreSQL refuses to run as root; create the account (adduser --system postgres) "
+                "or name another one in postgres.embedded.run_as");
         }
     }
     return c;
@@ -304,12 +324,16 @@ Target embedded_target(const EmbeddedCluster& c, std::string_view database) {
         if (ch == '\'' || ch == '\\') host += '\\';
         host += ch;
     }
-    std::string conninfo = fmt::format("host='{}' port={} dbname={} user={}", host,
-                                       socket_port(c), database, kEmbeddedSuperuser);
-    return Target{conninfo, fmt::format("embedded cluster {} (database {})", c.data_dir.string(), database), true};
+    std::string conninfo = fmt::format("host='{}' port={} dbname={} user={}", host, socket_port(c),
+                                       database, kEmbeddedSuperuser);
+    return Target{conninfo,
+                  fmt::format("embedded cluster {} (database {})", c.data_dir.string(), database),
+                  true};
 }
 
-fs::path embedded_log_file(const EmbeddedCluster& c) { return c.data_dir / "postgresql.log"; }
+fs::path embedded_log_file(const EmbeddedCluster& c) {
+    return c.data_dir / "postgresql.log";
+}
 
 Status start_embedded(const EmbeddedCluster& c) {
     std::error_code ec;
@@ -321,13 +345,15 @@ Status start_embedded(const EmbeddedCluster& c) {
     }
     FileLock lock(c.data_dir.string() + ".lock");
     if (!lock.locked()) {
-        return std::unexpected(embedded_error(fmt::format("cannot lock {}.lock", c.data_dir.string())));
+        return std::unexpected(
+            embedded_error(fmt::format("cannot lock {}.lock", c.data_dir.string())));
     }
     if (auto ok = check_reachable(c); !ok) return ok;
     if (!fs::exists(c.data_dir / "PG_VERSION")) {
         if (fs::exists(c.data_dir) && !fs::is_empty(c.data_dir)) {
             return std::unexpected(embedded_error(
-                fmt::format("{} exists, is not empty and is not a PostgreSQL data directory", c.data_dir.string()),
+                fmt::format("{} exists, is not empty and is not a PostgreSQL data directory",
+                            c.data_dir.string()),
                 "point postgres.embedded.data_dir at an empty or new directory"));
         }
         fs::create_directories(c.data_dir, ec);
@@ -340,25 +366,30 @@ Status start_embedded(const EmbeddedCluster& c) {
     int bin_version = version_of(c.bin_dir);
     if (bin_version > 0 && data_version != std::to_string(bin_version)) {
         return std::unexpected(embedded_error(
-            fmt::format("the embedded cluster {} was created by PostgreSQL {}, but the server programs in {} are "
+            fmt::format("the embedded cluster {} was created by PostgreSQL {}, but the server "
+                        "programs in {} are "
                         "version {}",
                         c.data_dir.string(), data_version, c.bin_dir.string(), bin_version),
-            fmt::format("set postgres.embedded.bin_dir to /usr/lib/postgresql/{}/bin, or upgrade the cluster with "
+            fmt::format("set postgres.embedded.bin_dir to /usr/lib/postgresql/{}/bin, or upgrade "
+                        "the cluster with "
                         "pg_upgrade",
                         data_version)));
     }
     if (!is_running(c)) {
-        if (auto ok = write_owned_file(c, c.data_dir / kManagedConf, managed_conf(c)); !ok) return ok;
+        if (auto ok = write_owned_file(c, c.data_dir / kManagedConf, managed_conf(c)); !ok)
+            return ok;
         log::info("Starting embedded PostgreSQL", {{"data_dir", c.data_dir.string()}});
-        auto run = run_process(as_owner(c, {(c.bin_dir / "pg_ctl").string(), "start", "-w", "-s", "-t",
-                                            std::to_string(kStartTimeoutSeconds), "-D", c.data_dir.string(),
-                                            "-l", embedded_log_file(c).string()}));
+        auto run =
+            run_process(as_owner(c, {(c.bin_dir / "pg_ctl").string(), "start", "-w", "-s", "-t",
+                                     std::to_string(kStartTimeoutSeconds), "-D",
+                                     c.data_dir.string(), "-l", embedded_log_file(c).string()}));
         if (!run) return std::unexpected(run.error());
         if (run->exit_code != 0) {
-            return std::unexpected(embedded_error(
-                fmt::format("the embedded PostgreSQL did not start: {}{}", tail_lines(run->output, 3),
-                            tail_lines(read_file(embedded_log_file(c)), 5)),
-                fmt::format("see {}", embedded_log_file(c).string())));
+            return std::unexpected(
+                embedded_error(fmt::format("the embedded PostgreSQL did not start: {}{}",
+                                           tail_lines(run->output, 3),
+                                           tail_lines(read_file(embedded_log_file(c)), 5)),
+                               fmt::format("see {}", embedded_log_file(c).string())));
         }
     }
     return ensure_database(c);
@@ -366,11 +397,13 @@ Status start_embedded(const EmbeddedCluster& c) {
 
 Status stop_embedded(const EmbeddedCluster& c) {
     if (!fs::exists(c.data_dir / "PG_VERSION") || !is_running(c)) return {};
-    auto run = run_process(as_owner(c, {(c.bin_dir / "pg_ctl").string(), "stop", "-w", "-s", "-m", "fast", "-t",
-                                        std::to_string(kStartTimeoutSeconds), "-D", c.data_dir.string()}));
+    auto run = run_process(
+        as_owner(c, {(c.bin_dir / "pg_ctl").string(), "stop", "-w", "-s", "-m", "fast", "-t",
+                     std::to_string(kStartTimeoutSeconds), "-D", c.data_dir.string()}));
     if (!run) return std::unexpected(run.error());
     if (run->exit_code != 0) {
-        return std::unexpected(embedded_error(fmt::format("pg_ctl stop failed: {}", tail_lines(run->output, 3))));
+        return std::unexpected(
+            embedded_error(fmt::format("pg_ctl stop failed: {}", tail_lines(run->output, 3))));
     }
     log::info("Stopped embedded PostgreSQL", {{"data_dir", c.data_dir.string()}});
     return {};
@@ -381,7 +414,8 @@ Result<EmbeddedStatus> embedded_status(const EmbeddedCluster& c) {
     s.initialized = fs::exists(c.data_dir / "PG_VERSION");
     if (!s.initialized) return s;
     s.server_version = read_file(c.data_dir / "PG_VERSION");
-    while (!s.server_version.empty() && s.server_version.back() == '\n') s.server_version.pop_back();
+    while (!s.server_version.empty() && s.server_version.back() == '\n')
+        s.server_version.pop_back();
     s.running = is_running(c);
     if (s.running) {
         std::ifstream pid_file(c.data_dir / "postmaster.pid");

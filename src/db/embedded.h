@@ -40,7 +40,8 @@ Status stop_embedded(const EmbeddedCluster& cluster);
 Result<EmbeddedStatus> embedded_status(const EmbeddedCluster& cluster);
 
 // Conninfo for the cluster's database over its private socket.
-Target embedded_target(const EmbeddedCluster& cluster, std::string_view database = kEmbeddedDatabase);
+Target embedded_target(const EmbeddedCluster& cluster,
+                       std::string_view database = kEmbeddedDatabase);
 
 // The server log, for error messages.
 std::filesystem::path embedded_log_file(const EmbeddedCluster& cluster);

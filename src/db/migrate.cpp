@@ -40,16 +40,22 @@ Status ensure_table(Connection& conn) {
     return {};
 }
 
-std::string describe(const MigrationStatus& m) { return fmt::format("{:04}_{}", m.version, m.name); }
+std::string describe(const MigrationStatus& m) {
+    return fmt::format("{:04}_{}", m.version, m.name);
+}
 
 }  // namespace
 
 std::string_view to_string(MigrationState state) {
     switch (state) {
-        case MigrationState::applied: return "applied";
-        case MigrationState::pending: return "pending";
-        case MigrationState::changed: return "changed";
-        case MigrationState::unknown: return "unknown";
+        case MigrationState::applied:
+            return "applied";
+        case MigrationState::pending:
+            return "pending";
+        case MigrationState::changed:
+            return "changed";
+        case MigrationState::unknown:
+            return "unknown";
     }
     return "unknown";
 }
@@ -66,7 +72,8 @@ std::vector<Migration> known_migrations() {
         migration.checksum = sha256_hex(m.sql);
         out.push_back(std::move(migration));
     }
-    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.version < b.version; });
+    std::sort(out.begin(), out.end(),
+              [](const auto& a, const auto& b) { return a.version < b.version; });
     return out;
 }
 
@@ -80,7 +87,8 @@ std::string render_migration(std::string_view sql, const config::Config& config)
     };
     std::string out(sql);
     for (const auto& [key, value] : values) {
-        for (std::size_t at = out.find(key); at != std::string::npos; at = out.find(key, at + value.size())) {
+        for (std::size_t at = out.find(key); at != std::string::npos;
+             at = out.find(key, at + value.size())) {
             out.replace(at, key.size(), value);
         }
     }
@@ -94,7 +102,8 @@ Result<std::vector<MigrationStatus>> migration_status(Connection& conn) {
     if (exists->boolean(0, 0)) {
         auto rows = conn.exec(
             "SELECT version, name, checksum, to_char(applied_at AT TIME ZONE 'UTC', "
-            "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), duration_ms FROM schema_migrations ORDER BY version");
+            "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), duration_ms FROM schema_migrations ORDER BY "
+            "version");
         if (!rows) return std::unexpected(rows.error());
         for (int i = 0; i < rows->rows(); ++i) {
             MigrationStatus s;
@@ -112,7 +121,8 @@ Result<std::vector<MigrationStatus>> migration_status(Connection& conn) {
         MigrationStatus s;
         if (auto it = recorded.find(m.version); it != recorded.end()) {
             s = it->second;
-            s.state = s.recorded_checksum == m.checksum ? MigrationState::applied : MigrationState::changed;
+            s.state = s.recorded_checksum == m.checksum ? MigrationState::applied
+                                                        : MigrationState::changed;
             recorded.erase(it);
         }
         s.version = m.version;
@@ -130,19 +140,24 @@ Result<int> run_migrations(Connection& conn, const config::Config& config, bool 
     std::vector<const MigrationStatus*> pending;
     for (const auto& s : *status) {
         if (s.state == MigrationState::changed) {
-            return fail(ErrorCode::migration,
-                        fmt::format("migration {} was changed after it was applied (checksum in schema_migrations "
-                                    "{}, in this binary {})",
-                                    describe(s), s.recorded_checksum.substr(0, 12), s.expected_checksum.substr(0, 12)),
-                        "never edit an applied migration: restore it and add a new numbered migration; if "
-                        "schema_migrations was edited by hand, restore its checksum");
+            return fail(
+                ErrorCode::migration,
+                fmt::format(
+                    "migration {} was changed after it was applied (checksum in schema_migrations "
+                    "{}, in this binary {})",
+                    describe(s), s.recorded_checksum.substr(0, 12),
+                    s.expected_checksum.substr(0, 12)),
+                "never edit an applied migration: restore it and add a new numbered migration; if "
+                "schema_migrations was edited by hand, restore its checksum");
         }
         if (s.state == MigrationState::unknown) {
-            return fail(ErrorCode::migration,
-                        fmt::format("the database has migration {} applied, which this knowledge-agent {} does not "
-                                    "know: it was migrated by a newer version",
-                                    describe(s), KA_VERSION),
-                        "run the newer knowledge-agent, or restore a backup taken before the upgrade");
+            return fail(
+                ErrorCode::migration,
+                fmt::format(
+                    "the database has migration {} applied, which this knowledge-agent {} does not "
+                    "know: it was migrated by a newer version",
+                    describe(s), KA_VERSION),
+                "run the newer knowledge-agent, or restore a backup taken before the upgrade");
         }
         if (s.state == MigrationState::pending) pending.push_back(&s);
     }
@@ -150,9 +165,10 @@ Result<int> run_migrations(Connection& conn, const config::Config& config, bool 
     if (!apply) {
         std::vector<std::string> names;
         for (const auto* s : pending) names.push_back(describe(*s));
-        return fail(ErrorCode::migration,
-                    fmt::format("{} pending migration(s): {}", pending.size(), fmt::join(names, ", ")),
-                    "apply them with `knowledge-agent migrate up`, or set migrations.auto: true");
+        return fail(
+            ErrorCode::migration,
+            fmt::format("{} pending migration(s): {}", pending.size(), fmt::join(names, ", ")),
+            "apply them with `knowledge-agent migrate up`, or set migrations.auto: true");
     }
     if (auto ok = ensure_table(conn); !ok) return std::unexpected(ok.error());
     auto migrations = known_migrations();
@@ -165,16 +181,20 @@ Result<int> run_migrations(Connection& conn, const config::Config& config, bool 
             e.code = e.code == ErrorCode::permission_denied ? e.code : ErrorCode::migration;
             e.message = fmt::format("migration {} failed: {}", describe(*s), e.message);
             if (e.code == ErrorCode::permission_denied) {
-                e.hint = "the database user needs CREATE on schema public to apply migrations: GRANT CREATE ON "
-                         "SCHEMA public TO <user>; (see docs/postgresql.md)";
+                e.hint =
+                    "the database user needs CREATE on schema public to apply migrations: GRANT "
+                    "CREATE ON "
+                    "SCHEMA public TO <user>; (see docs/postgresql.md)";
             }
             return std::unexpected(e);
         };
         if (auto ok = conn.exec("BEGIN"); !ok) return fail_with(ok.error());
         if (auto ok = conn.exec(render_migration(m.sql, config)); !ok) return fail_with(ok.error());
-        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::steady_clock::now() - started);
         auto recorded = conn.exec(
-            "INSERT INTO schema_migrations (version, name, checksum, duration_ms) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO schema_migrations (version, name, checksum, duration_ms) VALUES ($1, $2, "
+            "$3, $4)",
             {std::to_string(m.version), m.name, m.checksum, std::to_string(ms.count())});
         if (!recorded) return fail_with(recorded.error());
         if (auto ok = conn.exec("COMMIT"); !ok) return fail_with(ok.error());

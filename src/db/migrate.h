@@ -54,13 +54,13 @@ std::string render_migration(std::string_view sql, const config::Config& config)
 
 // Session-level advisory lock held while verifying and migrating.
 class MigrationLock {
-public:
+  public:
     static Result<MigrationLock> acquire(Connection& conn);
     MigrationLock(MigrationLock&& other) noexcept : conn_(other.conn_) { other.conn_ = nullptr; }
     MigrationLock& operator=(MigrationLock&&) = delete;
     ~MigrationLock();
 
-private:
+  private:
     explicit MigrationLock(Connection* conn) : conn_(conn) {}
     Connection* conn_;
 };

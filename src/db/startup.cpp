@@ -27,7 +27,8 @@ Result<Connection> connect(const config::Config& config) {
 Result<std::optional<HnswParams>> hnsw_index_params(Connection& conn) {
     auto r = conn.exec(
         "SELECT coalesce(array_to_string(c.reloptions, ','), '') FROM pg_class c "
-        "JOIN pg_index i ON i.indexrelid = c.oid WHERE c.oid = to_regclass('idx_memory_entries_embedding')");
+        "JOIN pg_index i ON i.indexrelid = c.oid WHERE c.oid = "
+        "to_regclass('idx_memory_entries_embedding')");
     if (!r) return std::unexpected(r.error());
     if (r->rows() == 0) return std::optional<HnswParams>{};
     HnswParams params;
@@ -37,7 +38,8 @@ Result<std::optional<HnswParams>> hnsw_index_params(Connection& conn) {
         if (end == std::string::npos) end = options.size();
         std::string option = options.substr(start, end - start);
         if (option.starts_with("m=")) params.m = std::stoi(option.substr(2));
-        if (option.starts_with("ef_construction=")) params.ef_construction = std::stoi(option.substr(16));
+        if (option.starts_with("ef_construction="))
+            params.ef_construction = std::stoi(option.substr(16));
         start = end + 1;
     }
     return std::optional<HnswParams>{params};
@@ -56,32 +58,38 @@ Status prepare_schema(Connection& conn, const config::Config& config, bool apply
     log::info("Starting database migrations...");
     auto lock = MigrationLock::acquire(conn);
     if (!lock) return std::unexpected(lock.error());
-    if (auto verified = verify_pgvector(conn, apply); !verified) return std::unexpected(verified.error());
+    if (auto verified = verify_pgvector(conn, apply); !verified)
+        return std::unexpected(verified.error());
     auto applied = run_migrations(conn, config, apply);
     if (!applied) return std::unexpected(applied.error());
 
     auto dims = embedding_dimensions(conn);
     if (!dims) return std::unexpected(dims.error());
     if (*dims && **dims != config.embedding.dimensions) {
-        return fail(ErrorCode::config,
-                    fmt::format("memory_entries.embedding holds {}-dimensional vectors, but embedding.dimensions is {}",
-                                **dims, config.embedding.dimensions),
-                    fmt::format("set embedding.dimensions to {} (and use an embedding model of that size), or "
-                                "point postgres.url at a new database for {}-dimensional embeddings",
-                                **dims, config.embedding.dimensions));
+        return fail(
+            ErrorCode::config,
+            fmt::format("memory_entries.embedding holds {}-dimensional vectors, but "
+                        "embedding.dimensions is {}",
+                        **dims, config.embedding.dimensions),
+            fmt::format(
+                "set embedding.dimensions to {} (and use an embedding model of that size), or "
+                "point postgres.url at a new database for {}-dimensional embeddings",
+                **dims, config.embedding.dimensions));
     }
     auto params = hnsw_index_params(conn);
     if (!params) return std::unexpected(params.error());
     if (*params && ((*params)->m != config.index.hnsw.m ||
                     (*params)->ef_construction != config.index.hnsw.ef_construction)) {
-        log::warn("HNSW index parameters differ from the configuration; rebuild the index to apply them",
-                  {{"index_m", std::to_string((*params)->m)},
-                   {"index_ef_construction", std::to_string((*params)->ef_construction)},
-                   {"config_m", std::to_string(config.index.hnsw.m)},
-                   {"config_ef_construction", std::to_string(config.index.hnsw.ef_construction)}});
+        log::warn(
+            "HNSW index parameters differ from the configuration; rebuild the index to apply them",
+            {{"index_m", std::to_string((*params)->m)},
+             {"index_ef_construction", std::to_string((*params)->ef_construction)},
+             {"config_m", std::to_string(config.index.hnsw.m)},
+             {"config_ef_construction", std::to_string(config.index.hnsw.ef_construction)}});
     }
     log::info("Database migrations completed",
-              {{"applied", std::to_string(*applied)}, {"schema_version", std::to_string(known_migrations().back().version)}});
+              {{"applied", std::to_string(*applied)},
+               {"schema_version", std::to_string(known_migrations().back().version)}});
     return {};
 }
 

@@ -16,7 +16,8 @@ constexpr std::string_view kRecommendedPgvector = "0.8.0";  // iterative index s
 struct Checks {
     Report& report;
     Check& add(std::string id, std::string title, bool required) {
-        report.checks.push_back(Check{std::move(id), std::move(title), Status::skip, required, {}, {}});
+        report.checks.push_back(
+            Check{std::move(id), std::move(title), Status::skip, required, {}, {}});
         return report.checks.back();
     }
 };
@@ -30,12 +31,14 @@ void set(Check& c, Status s, std::string value, std::string fix = {}) {
 // Monitoring figures from the guide's "Monitoring" section.
 void monitoring(db::Connection& conn, Report& report) {
     auto sizes = conn.exec(
-        "SELECT (SELECT count(*) FROM memory_entries), pg_size_pretty(pg_total_relation_size('memory_entries')), "
+        "SELECT (SELECT count(*) FROM memory_entries), "
+        "pg_size_pretty(pg_total_relation_size('memory_entries')), "
         "pg_size_pretty(pg_relation_size('idx_memory_entries_embedding'))");
     if (sizes) {
         report.monitoring.emplace_back("entries", sizes->text(0, 0));
         report.monitoring.emplace_back("table size (memory_entries, total)", sizes->text(0, 1));
-        report.monitoring.emplace_back("index size (idx_memory_entries_embedding)", sizes->text(0, 2));
+        report.monitoring.emplace_back("index size (idx_memory_entries_embedding)",
+                                       sizes->text(0, 2));
     }
     auto usage = conn.exec(
         "SELECT idx_scan, idx_tup_read, idx_tup_fetch FROM pg_stat_user_indexes "
@@ -59,39 +62,47 @@ void tuning(db::Connection& conn, Report& report) {
     };
     for (const auto& [name, advice] : knobs) {
         auto r = conn.exec("SELECT current_setting($1)", {std::string(name)});
-        if (r) report.tuning.emplace_back(name, fmt::format("{}  (guide: {})", r->text(0, 0), advice));
+        if (r)
+            report.tuning.emplace_back(name, fmt::format("{}  (guide: {})", r->text(0, 0), advice));
     }
 }
 
-void privileges(db::Connection& conn, const db::ServerInfo& server, Checks& checks, bool table_exists) {
+void privileges(db::Connection& conn, const db::ServerInfo& server, Checks& checks,
+                bool table_exists) {
     bool embedded = conn.target().embedded;  // its own superuser owns a private cluster
     auto& c = checks.add("privileges", "Database user privileges", true);
     auto r = conn.exec(
-        "SELECT has_database_privilege(current_database(), 'CREATE'), has_schema_privilege('public', 'CREATE'), "
+        "SELECT has_database_privilege(current_database(), 'CREATE'), "
+        "has_schema_privilege('public', 'CREATE'), "
         "CASE WHEN to_regclass('memory_entries') IS NULL THEN NULL ELSE "
         "has_table_privilege('memory_entries', 'SELECT,INSERT,UPDATE,DELETE') END");
     if (!r) return set(c, Status::fail, r.error().message);
     bool create_db = r->boolean(0, 0), create_schema = r->boolean(0, 1);
-    std::string value = fmt::format("user {}{}; CREATE on database: {}; CREATE on schema public: {}", server.user,
-                                    server.superuser ? " (superuser)" : "", create_db ? "yes" : "no",
-                                    create_schema ? "yes" : "no");
+    std::string value =
+        fmt::format("user {}{}; CREATE on database: {}; CREATE on schema public: {}", server.user,
+                    server.superuser ? " (superuser)" : "", create_db ? "yes" : "no",
+                    create_schema ? "yes" : "no");
     if (table_exists) {
         bool dml = r->boolean(0, 2);
         value += fmt::format("; read/write memory_entries: {}", dml ? "yes" : "no");
         if (!dml) {
             return set(c, Status::fail, value,
-                       fmt::format("GRANT SELECT, INSERT, UPDATE, DELETE ON memory_entries TO {};", server.user));
+                       fmt::format("GRANT SELECT, INSERT, UPDATE, DELETE ON memory_entries TO {};",
+                                   server.user));
         }
         if (server.superuser && !embedded) {
             return set(c, Status::warn, value,
-                       "run the agent as a dedicated non-superuser once the extension exists (docs/postgresql.md)");
+                       "run the agent as a dedicated non-superuser once the extension exists "
+                       "(docs/postgresql.md)");
         }
         return set(c, Status::pass, value);
     }
     if (!create_schema) {
-        return set(c, Status::fail, value,
-                   fmt::format("migrations need CREATE on schema public: GRANT CREATE ON SCHEMA public TO {};",
-                               server.user));
+        return set(
+            c, Status::fail, value,
+            fmt::format(
+                "migrations need CREATE on schema public: GRANT CREATE ON SCHEMA public TO {};",
+                server.user));
     }
     set(c, Status::pass, value);
 }
@@ -100,11 +111,16 @@ void privileges(db::Connection& conn, const db::ServerInfo& server, Checks& chec
 
 std::string_view to_string(Status status) {
     switch (status) {
-        case Status::pass: return "pass";
-        case Status::warn: return "warn";
-        case Status::fail: return "fail";
-        case Status::info: return "info";
-        case Status::skip: return "skip";
+        case Status::pass:
+            return "pass";
+        case Status::warn:
+            return "warn";
+        case Status::fail:
+            return "fail";
+        case Status::info:
+            return "info";
+        case Status::skip:
+            return "skip";
     }
     return "skip";
 }
@@ -141,7 +157,8 @@ Report run(const config::Config& config) {
         return report;
     }
     if (server->version_num < db::kMinServerVersionNum) {
-        set(version, Status::fail, server->version + " (12 or newer required)", "upgrade to PostgreSQL 15 or 16");
+        set(version, Status::fail, server->version + " (12 or newer required)",
+            "upgrade to PostgreSQL 15 or 16");
     } else if (server->version_num < 150000) {
         set(version, Status::warn, server->version + " (supported; 15 or 16 recommended)",
             "plan an upgrade to PostgreSQL 15 or 16");
@@ -156,7 +173,8 @@ Report run(const config::Config& config) {
         set(available, Status::fail, vector.error().message);
     } else if (!vector->available) {
         set(available, Status::fail, "not installed (no row in pg_available_extensions)",
-            "install pgvector on the server: docs/postgresql.md, or run knowledge-agent migrate up for "
+            "install pgvector on the server: docs/postgresql.md, or run knowledge-agent migrate up "
+            "for "
             "instructions by platform");
     } else {
         set(available, Status::pass, "version " + vector->default_version + " available");
@@ -164,7 +182,8 @@ Report run(const config::Config& config) {
     if (vector && vector->installed_version) {
         const auto& v = *vector->installed_version;
         if (db::compare_versions(v, db::kMinPgvectorVersion) < 0) {
-            set(created, Status::fail, v + " (HNSW needs 0.5.0+)", "as a superuser: ALTER EXTENSION vector UPDATE;");
+            set(created, Status::fail, v + " (HNSW needs 0.5.0+)",
+                "as a superuser: ALTER EXTENSION vector UPDATE;");
         } else if (db::compare_versions(v, kRecommendedPgvector) < 0) {
             set(created, Status::warn, v + " (0.8.0+ recommended for filtered search)",
                 "upgrade pgvector, then as a superuser: ALTER EXTENSION vector UPDATE;");
@@ -173,7 +192,8 @@ Report run(const config::Config& config) {
         }
     } else if (vector) {
         set(created, Status::fail, "not created",
-            fmt::format("as a superuser, in database {}: CREATE EXTENSION IF NOT EXISTS vector;", server->database));
+            fmt::format("as a superuser, in database {}: CREATE EXTENSION IF NOT EXISTS vector;",
+                        server->database));
     }
 
     auto& preload = checks.add("shared_preload_libraries", "shared_preload_libraries", false);
@@ -189,8 +209,10 @@ Report run(const config::Config& config) {
     auto& live = checks.add("vector_operation", "Vector operation", true);
     if (vector && vector->installed_version) {
         auto r = conn->exec("SELECT '[1,2,3]'::vector <-> '[4,5,6]'::vector");
-        if (r) set(live, Status::pass, "'[1,2,3]'::vector <-> '[4,5,6]'::vector = " + r->text(0, 0));
-        else set(live, Status::fail, r.error().message, r.error().hint);
+        if (r)
+            set(live, Status::pass, "'[1,2,3]'::vector <-> '[4,5,6]'::vector = " + r->text(0, 0));
+        else
+            set(live, Status::fail, r.error().message, r.error().hint);
     }
 
     auto& ssl = checks.add("ssl", "SSL", false);
@@ -200,7 +222,8 @@ Report run(const config::Config& config) {
         set(ssl, Status::info, "not in use (local connection)");
     } else {
         set(ssl, Status::warn, "not in use on a connection to " + server->host,
-            "add sslmode=require (better: sslmode=verify-full&sslrootcert=/path/ca.crt) to postgres.url");
+            "add sslmode=require (better: sslmode=verify-full&sslrootcert=/path/ca.crt) to "
+            "postgres.url");
     }
 
     auto& schema = checks.add("schema", "Schema up to date", true);
@@ -211,14 +234,16 @@ Report run(const config::Config& config) {
         std::vector<std::string> behind;
         for (const auto& m : *status) {
             if (m.state != db::MigrationState::applied) {
-                behind.push_back(fmt::format("{:04}_{} {}", m.version, m.name, db::to_string(m.state)));
+                behind.push_back(
+                    fmt::format("{:04}_{} {}", m.version, m.name, db::to_string(m.state)));
             }
         }
         if (behind.empty()) {
             set(schema, Status::pass, fmt::format("version {}", status->back().version));
         } else {
             set(schema, Status::fail, fmt::format("{}", fmt::join(behind, ", ")),
-                "run knowledge-agent migrate up (changed/unknown migrations: see docs/operations.md)");
+                "run knowledge-agent migrate up (changed/unknown migrations: see "
+                "docs/operations.md)");
         }
     }
 
@@ -227,7 +252,8 @@ Report run(const config::Config& config) {
         if (**table == config.embedding.dimensions) {
             set(dims, Status::pass, fmt::format("vector({})", **table));
         } else {
-            set(dims, Status::fail, fmt::format("vector({}), config says {}", **table, config.embedding.dimensions),
+            set(dims, Status::fail,
+                fmt::format("vector({}), config says {}", **table, config.embedding.dimensions),
                 "set embedding.dimensions to match, or use a new database");
         }
     }
@@ -239,11 +265,13 @@ Report run(const config::Config& config) {
     } else if (!*params) {
         set(index, Status::fail, "missing", "run knowledge-agent migrate up");
     } else {
-        std::string value = fmt::format("hnsw (vector_cosine_ops) m={} ef_construction={}", (*params)->m,
-                                        (*params)->ef_construction);
-        if ((*params)->m != config.index.hnsw.m || (*params)->ef_construction != config.index.hnsw.ef_construction) {
+        std::string value = fmt::format("hnsw (vector_cosine_ops) m={} ef_construction={}",
+                                        (*params)->m, (*params)->ef_construction);
+        if ((*params)->m != config.index.hnsw.m ||
+            (*params)->ef_construction != config.index.hnsw.ef_construction) {
             set(index, Status::warn, value,
-                fmt::format("config asks for m={} ef_construction={}: rebuild the index (knowledge-agent reindex)",
+                fmt::format("config asks for m={} ef_construction={}: rebuild the index "
+                            "(knowledge-agent reindex)",
                             config.index.hnsw.m, config.index.hnsw.ef_construction));
         } else {
             set(index, Status::pass, value);
@@ -260,22 +288,28 @@ std::string render_text(const Report& report) {
     for (const auto& c : report.checks) {
         std::string label = c.status == Status::skip ? "SKIP" : std::string(to_string(c.status));
         for (auto& ch : label) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-        out += fmt::format("  {:<5} {:<42} {}\n", label, c.title, c.status == Status::skip ? "not checked" : c.value);
-        if (!c.fix.empty() && c.status != Status::pass) out += fmt::format("        {:<42} fix: {}\n", "", c.fix);
+        out += fmt::format("  {:<5} {:<42} {}\n", label, c.title,
+                           c.status == Status::skip ? "not checked" : c.value);
+        if (!c.fix.empty() && c.status != Status::pass)
+            out += fmt::format("        {:<42} fix: {}\n", "", c.fix);
         if (c.status == Status::fail || (c.required && c.status == Status::skip)) ++failed;
         if (c.status == Status::warn) ++warned;
         if (c.status == Status::pass) ++passed;
     }
     if (!report.monitoring.empty()) {
         out += "\nMonitoring\n";
-        for (const auto& [name, value] : report.monitoring) out += fmt::format("  {:<44} {}\n", name, value);
+        for (const auto& [name, value] : report.monitoring)
+            out += fmt::format("  {:<44} {}\n", name, value);
     }
     if (!report.tuning.empty()) {
         out += "\nTuning (postgresql.conf)\n";
-        for (const auto& [name, value] : report.tuning) out += fmt::format("  {:<44} {}\n", name, value);
+        for (const auto& [name, value] : report.tuning)
+            out += fmt::format("  {:<44} {}\n", name, value);
     }
-    out += failed == 0 ? fmt::format("\nAll required checks pass ({} ok, {} warnings).\n", passed, warned)
-                       : fmt::format("\n{} required check(s) failing; fix them and run doctor again.\n", failed);
+    out += failed == 0
+               ? fmt::format("\nAll required checks pass ({} ok, {} warnings).\n", passed, warned)
+               : fmt::format("\n{} required check(s) failing; fix them and run doctor again.\n",
+                             failed);
     return out;
 }
 

@@ -7,10 +7,10 @@
 
 #include <fmt/chrono.h>
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "core/redact.h"
 
@@ -23,7 +23,8 @@ std::atomic<Format> out_format{Format::console};
 std::mutex logger_mutex;
 std::shared_ptr<spdlog::logger>& logger() {
     static std::shared_ptr<spdlog::logger> instance = [] {
-        auto l = std::make_shared<spdlog::logger>("ka", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+        auto l = std::make_shared<spdlog::logger>(
+            "ka", std::make_shared<spdlog::sinks::stderr_sink_mt>());
         l->set_pattern("%v");
         l->set_level(spdlog::level::trace);
         return l;
@@ -33,10 +34,14 @@ std::shared_ptr<spdlog::logger>& logger() {
 
 std::string_view label(Level level) {
     switch (level) {
-        case Level::debug: return "DEBUG";
-        case Level::info: return "INFO";
-        case Level::warn: return "WARN";
-        case Level::error: return "ERROR";
+        case Level::debug:
+            return "DEBUG";
+        case Level::info:
+            return "INFO";
+        case Level::warn:
+            return "WARN";
+        case Level::error:
+            return "ERROR";
     }
     return "INFO";
 }
@@ -54,15 +59,23 @@ void append_console_value(std::string& out, const std::string& value) {
 }  // namespace
 
 void configure(std::string_view level, std::string_view format) {
-    if (level == "debug") min_level = Level::debug;
-    else if (level == "info") min_level = Level::info;
-    else if (level == "warn") min_level = Level::warn;
-    else if (level == "error") min_level = Level::error;
-    if (format == "json") out_format = Format::json;
-    else if (format == "console") out_format = Format::console;
+    if (level == "debug")
+        min_level = Level::debug;
+    else if (level == "info")
+        min_level = Level::info;
+    else if (level == "warn")
+        min_level = Level::warn;
+    else if (level == "error")
+        min_level = Level::error;
+    if (format == "json")
+        out_format = Format::json;
+    else if (format == "console")
+        out_format = Format::console;
 }
 
-bool enabled(Level level) { return level >= min_level.load(); }
+bool enabled(Level level) {
+    return level >= min_level.load();
+}
 
 std::string format_line(Level level, Format format, std::string_view message,
                         std::initializer_list<Field> fields) {
@@ -71,7 +84,8 @@ std::string format_line(Level level, Format format, std::string_view message,
         line["ts"] = fmt::format("{:%FT%T}Z", std::chrono::floor<std::chrono::milliseconds>(
                                                   std::chrono::system_clock::now()));
         std::string level_name(label(level));
-        for (auto& c : level_name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        for (auto& c : level_name)
+            c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
         line["level"] = level_name;
         line["msg"] = redact(message);
         for (const auto& f : fields) line[std::string(f.key)] = redact(f.value);
@@ -98,8 +112,10 @@ void write(Level level, std::string_view message, std::initializer_list<Field> f
 void redirect(std::ostream* out) {
     std::lock_guard lock(logger_mutex);
     std::shared_ptr<spdlog::sinks::sink> sink;
-    if (out) sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(*out, true);
-    else sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
+    if (out)
+        sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(*out, true);
+    else
+        sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
     sink->set_pattern("%v");
     logger()->sinks() = {sink};
 }

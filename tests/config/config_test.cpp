@@ -44,7 +44,8 @@ TEST(Config, ReadsNestedKeys) {
     auto c = parse(
         "postgres:\n  url: postgres://u@h/db\n  pool_size: 4\n  embedded:\n    port: 6543\n"
         "index:\n  hnsw:\n    m: 32\n    ef_construction: 128\n"
-        "search: {ef_search: 100}\nlog:\n  level: debug\n  format: json\nmigrations:\n  auto: false\n");
+        "search: {ef_search: 100}\nlog:\n  level: debug\n  format: json\nmigrations:\n  auto: "
+        "false\n");
     ASSERT_TRUE(c) << c.error().message;
     EXPECT_EQ(c->postgres.url, "postgres://u@h/db");
     EXPECT_FALSE(c->embedded());
@@ -61,7 +62,8 @@ TEST(Config, UnknownKeyNamesPathAndAllowedKeys) {
     auto c = parse("postgres:\n  pool: 4\n");
     ASSERT_FALSE(c);
     EXPECT_EQ(c.error().code, ErrorCode::config);
-    EXPECT_NE(c.error().message.find("unknown config key 'postgres.pool'"), std::string::npos) << c.error().message;
+    EXPECT_NE(c.error().message.find("unknown config key 'postgres.pool'"), std::string::npos)
+        << c.error().message;
     EXPECT_NE(c.error().message.find("line 2"), std::string::npos);
     EXPECT_NE(c.error().hint.find("pool_size"), std::string::npos) << c.error().hint;
 
@@ -74,7 +76,9 @@ TEST(Config, WrongTypesAndRangesSayWhatIsAllowed) {
     struct Case {
         std::string yaml, fragment;
     } cases[] = {
-        {"postgres:\n  pool_size: many\n", "'postgres.pool_size' (config.yaml line 2): expected an integer from 1 to 1000, got 'many'"},
+        {"postgres:\n  pool_size: many\n",
+         "'postgres.pool_size' (config.yaml line 2): expected an integer from 1 to 1000, got "
+         "'many'"},
         {"postgres:\n  pool_size: 0\n", "an integer from 1 to 1000, got '0'"},
         {"embedding:\n  dimensions: 4096\n", "'embedding.dimensions'"},
         {"index:\n  hnsw:\n    m: 1\n", "an integer from 2 to 100"},
@@ -112,12 +116,15 @@ TEST(Config, InvalidConnectionStringIsAConfigError) {
     auto c = parse("postgres:\n  url: \"host=db password='s3cr3tpw\"\n");
     ASSERT_FALSE(c);
     EXPECT_NE(c.error().message.find("postgres.url"), std::string::npos);
-    EXPECT_EQ(c.error().message.find("s3cr3tpw"), std::string::npos) << "password leaked: " << c.error().message;
+    EXPECT_EQ(c.error().message.find("s3cr3tpw"), std::string::npos)
+        << "password leaked: " << c.error().message;
 }
 
 TEST(Config, ExpandsVariables) {
-    auto c = parse("postgres:\n  url: postgres://app:${DB_PASS}@${DB_HOST:-localhost}:5432/ka\n  pool_size: ${POOL:-7}\n",
-                   {{"DB_PASS", "pw"}});
+    auto c = parse(
+        "postgres:\n  url: postgres://app:${DB_PASS}@${DB_HOST:-localhost}:5432/ka\n  pool_size: "
+        "${POOL:-7}\n",
+        {{"DB_PASS", "pw"}});
     ASSERT_TRUE(c) << c.error().message;
     EXPECT_EQ(c->postgres.url, "postgres://app:pw@localhost:5432/ka");
     EXPECT_EQ(c->postgres.pool_size, 7);
@@ -150,10 +157,12 @@ TEST(Config, EnvironmentOverridesEveryKeyAndWinsOverFile) {
     std::map<std::string, std::string> env;
     for (const auto& s : settings()) {
         if (s.key == "postgres.url") continue;
-        env[env_name(s.key)] = s.type == Type::choice ? std::string(s.choices.back())
-                               : s.type == Type::boolean ? "false"
-                               : s.type == Type::integer ? std::to_string(s.key == "index.hnsw.ef_construction" ? 1000 : s.min + 1)
-                                                         : "/from/env";
+        env[env_name(s.key)] =
+            s.type == Type::choice    ? std::string(s.choices.back())
+            : s.type == Type::boolean ? "false"
+            : s.type == Type::integer
+                ? std::to_string(s.key == "index.hnsw.ef_construction" ? 1000 : s.min + 1)
+                : "/from/env";
     }
     env["POSTGRES_URL"] = "postgres://from-alias/db";
     auto c = parse("postgres:\n  pool_size: 50\nlog:\n  level: debug\n", env);
@@ -173,7 +182,8 @@ TEST(Config, EnvironmentOverridesEveryKeyAndWinsOverFile) {
 TEST(Config, BadEnvironmentValueNamesTheVariable) {
     auto c = parse("", {{"KNOWLEDGE_AGENT_POSTGRES_POOL_SIZE", "lots"}});
     ASSERT_FALSE(c);
-    EXPECT_NE(c.error().message.find("environment variable KNOWLEDGE_AGENT_POSTGRES_POOL_SIZE"), std::string::npos);
+    EXPECT_NE(c.error().message.find("environment variable KNOWLEDGE_AGENT_POSTGRES_POOL_SIZE"),
+              std::string::npos);
 }
 
 TEST(Config, SecretsAreRedactedInDumpAndErrors) {
@@ -186,10 +196,12 @@ TEST(Config, SecretsAreRedactedInDumpAndErrors) {
 
 TEST(Config, ExampleFileInRepoMatchesSchema) {
     std::ifstream in(std::string(KA_SOURCE_DIR) + "/config-example.yaml");
-    ASSERT_TRUE(in) << "config-example.yaml missing: generate it with `knowledge-agent config example`";
+    ASSERT_TRUE(in)
+        << "config-example.yaml missing: generate it with `knowledge-agent config example`";
     std::stringstream text;
     text << in.rdbuf();
-    EXPECT_EQ(text.str(), example_yaml()) << "regenerate: knowledge-agent config example > config-example.yaml";
+    EXPECT_EQ(text.str(), example_yaml())
+        << "regenerate: knowledge-agent config example > config-example.yaml";
 }
 
 TEST(Config, ExampleParsesToDefaults) {

@@ -8,7 +8,8 @@ namespace {
 TEST(Redact, MasksUriPassword) {
     EXPECT_EQ(redact("postgres://app:s3cret@db.example.com:5432/ka?sslmode=require"),
               "postgres://app:***@db.example.com:5432/ka?sslmode=require");
-    EXPECT_EQ(redact("error at postgresql://u:p%40ss@h/db: refused"), "error at postgresql://u:***@h/db: refused");
+    EXPECT_EQ(redact("error at postgresql://u:p%40ss@h/db: refused"),
+              "error at postgresql://u:***@h/db: refused");
 }
 
 TEST(Redact, PasswordContainingAtSign) {
@@ -21,8 +22,10 @@ TEST(Redact, LeavesUriWithoutPasswordAlone) {
 }
 
 TEST(Redact, MasksKeywordAndQueryPasswords) {
-    EXPECT_EQ(redact("host=db user=app password=hunter2 dbname=ka"), "host=db user=app password=*** dbname=ka");
-    EXPECT_EQ(redact("password = 'it''s a secret' sslmode=require"), "password = *** sslmode=require");
+    EXPECT_EQ(redact("host=db user=app password=hunter2 dbname=ka"),
+              "host=db user=app password=*** dbname=ka");
+    EXPECT_EQ(redact("password = 'it''s a secret' sslmode=require"),
+              "password = *** sslmode=require");
     EXPECT_EQ(redact("postgres://h/db?user=a&password=xyz&sslmode=require"),
               "postgres://h/db?user=a&password=***&sslmode=require");
     EXPECT_EQ(redact("PASSWORD=abc"), "PASSWORD=***");
@@ -38,7 +41,8 @@ TEST(Redact, DoesNotTouchOtherWords) {
 TEST(Redact, RegisteredSecretsAreMasked) {
     register_secret("sk-test-0123456789abcdef");
     register_secret("short");  // too short to mask safely
-    EXPECT_EQ(redact("key sk-test-0123456789abcdef used twice: sk-test-0123456789abcdef"), "key *** used twice: ***");
+    EXPECT_EQ(redact("key sk-test-0123456789abcdef used twice: sk-test-0123456789abcdef"),
+              "key *** used twice: ***");
     EXPECT_EQ(redact("a short text"), "a short text");
 }
 

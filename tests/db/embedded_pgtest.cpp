@@ -31,7 +31,7 @@ TEST(Embedded, CliManagesTheClusterLifecycleAndKeepsData) {
     EXPECT_TRUE(contains(start.output, "Initialising embedded PostgreSQL cluster"));
     EXPECT_TRUE(contains(start.output, "running (pid "));
     EXPECT_TRUE(fs::exists(dir / ".s.PGSQL.5432")) << "socket lives in the private data directory";
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(stat(dir.c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0700u);
 
@@ -82,12 +82,15 @@ TEST(Embedded, LoopbackPortUsesAGeneratedPassword) {
     std::ifstream(password_file) >> password;
     ASSERT_EQ(password.size(), 48u);
 
-    std::string base = "postgres://knowledge_agent:{}@127.0.0.1:" + std::to_string(port) + "/knowledge_agent";
-    auto good = test::run_agent({"migrate", "up"}, {"POSTGRES_URL=" + fmt::format(fmt::runtime(base), password)});
+    std::string base =
+        "postgres://knowledge_agent:{}@127.0.0.1:" + std::to_string(port) + "/knowledge_agent";
+    auto good = test::run_agent({"migrate", "up"},
+                                {"POSTGRES_URL=" + fmt::format(fmt::runtime(base), password)});
     EXPECT_EQ(good.exit_code, 0) << good.output;
     EXPECT_FALSE(contains(good.output, password));
 
-    auto bad = test::run_agent({"migrate", "up"}, {"POSTGRES_URL=" + fmt::format(fmt::runtime(base), "wrong-pass-1234")});
+    auto bad = test::run_agent(
+        {"migrate", "up"}, {"POSTGRES_URL=" + fmt::format(fmt::runtime(base), "wrong-pass-1234")});
     EXPECT_EQ(bad.exit_code, 4) << bad.output;
     EXPECT_TRUE(contains(bad.output, "ERROR Failed to connect to PostgreSQL")) << bad.output;
     EXPECT_TRUE(contains(bad.output, "password authentication failed"));
@@ -98,15 +101,18 @@ TEST(Embedded, LoopbackPortUsesAGeneratedPassword) {
 
 TEST(Embedded, UnreachableServerIsAClearConnectionError) {
     int port = test::free_port();
-    auto r = test::run_agent({"migrate", "up"},
-                             {"POSTGRES_URL=postgresql://app:Sup3rSecret!@127.0.0.1:" + std::to_string(port) + "/ka"});
+    auto r = test::run_agent(
+        {"migrate", "up"},
+        {"POSTGRES_URL=postgresql://app:Sup3rSecret!@127.0.0.1:" + std::to_string(port) + "/ka"});
     EXPECT_EQ(r.exit_code, 4) << r.output;
     EXPECT_TRUE(contains(r.output, "Connection refused")) << r.output;
     EXPECT_TRUE(contains(r.output, "no PostgreSQL server listens there"));
     EXPECT_FALSE(contains(r.output, "Sup3rSecret"));
 
     // libpq options pass through untouched: sslmode=require against a server without SSL.
-    auto ssl = test::run_agent({"migrate", "up"}, {"POSTGRES_URL=host=/nonexistent-dir port=5432 dbname=x sslmode=verify-full"});
+    auto ssl = test::run_agent(
+        {"migrate", "up"},
+        {"POSTGRES_URL=host=/nonexistent-dir port=5432 dbname=x sslmode=verify-full"});
     EXPECT_EQ(ssl.exit_code, 4) << ssl.output;
 }
 
@@ -114,7 +120,8 @@ TEST(Embedded, RefusesANonEmptyDirectoryThatIsNoCluster) {
     fs::path dir = test::unique_dir("notacluster");
     fs::create_directories(dir);
     std::ofstream(dir / "precious.txt") << "data";
-    auto r = test::run_agent({"db", "start"}, {"KNOWLEDGE_AGENT_POSTGRES_EMBEDDED_DATA_DIR=" + dir.string()});
+    auto r = test::run_agent({"db", "start"},
+                             {"KNOWLEDGE_AGENT_POSTGRES_EMBEDDED_DATA_DIR=" + dir.string()});
     EXPECT_EQ(r.exit_code, 4) << r.output;
     EXPECT_TRUE(contains(r.output, "is not a PostgreSQL data directory"));
     EXPECT_TRUE(fs::exists(dir / "precious.txt"));
@@ -126,7 +133,8 @@ TEST(Embedded, AsRootExplainsAnUnreachableDataDirectory) {
     fs::path parent = test::unique_dir("private");
     fs::create_directories(parent);
     fs::permissions(parent, fs::perms::owner_all);
-    auto r = test::run_agent({"db", "start"}, {"KNOWLEDGE_AGENT_POSTGRES_EMBEDDED_DATA_DIR=" + (parent / "pg").string()});
+    auto r = test::run_agent({"db", "start"}, {"KNOWLEDGE_AGENT_POSTGRES_EMBEDDED_DATA_DIR=" +
+                                               (parent / "pg").string()});
     EXPECT_EQ(r.exit_code, 4) << r.output;
     EXPECT_TRUE(contains(r.output, "cannot enter " + parent.string())) << r.output;
     fs::remove_all(parent);

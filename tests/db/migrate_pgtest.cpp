@@ -19,14 +19,17 @@ TEST(Migrate, FreshDatabaseGetsSchemaAndIndex) {
     auto conn = db.connect();
     ASSERT_TRUE(prepare_schema(conn, config, true));
 
-    auto applied = db.sql("SELECT version, name, length(checksum), duration_ms >= 0 FROM schema_migrations ORDER BY 1");
+    auto applied = db.sql(
+        "SELECT version, name, length(checksum), duration_ms >= 0 FROM schema_migrations ORDER BY "
+        "1");
     ASSERT_EQ(applied.rows(), static_cast<int>(known_migrations().size()));
     EXPECT_EQ(applied.text(0, 1), "memory_entries");
     EXPECT_EQ(applied.integer(0, 2), 64);
     EXPECT_TRUE(applied.boolean(0, 3));
 
     auto index = db.sql(
-        "SELECT am.amname, pg_get_indexdef(c.oid) FROM pg_class c JOIN pg_am am ON am.oid = c.relam "
+        "SELECT am.amname, pg_get_indexdef(c.oid) FROM pg_class c JOIN pg_am am ON am.oid = "
+        "c.relam "
         "WHERE c.relname = 'idx_memory_entries_embedding'");
     ASSERT_EQ(index.rows(), 1);
     EXPECT_EQ(index.text(0, 0), "hnsw");
@@ -56,7 +59,8 @@ TEST(Migrate, SecondRunIsANoOp) {
     auto before = db.sql("SELECT applied_at FROM schema_migrations WHERE version = 1").text(0, 0);
     EXPECT_EQ(*run_migrations(conn, config, true), 0);
     ASSERT_TRUE(prepare_schema(conn, config, true));
-    EXPECT_EQ(db.sql("SELECT applied_at FROM schema_migrations WHERE version = 1").text(0, 0), before);
+    EXPECT_EQ(db.sql("SELECT applied_at FROM schema_migrations WHERE version = 1").text(0, 0),
+              before);
     EXPECT_EQ(db.sql("SELECT count(*) FROM schema_migrations").integer(0, 0),
               static_cast<long long>(known_migrations().size()));
 }
@@ -79,7 +83,9 @@ TEST(Migrate, EightProcessesApplyEachMigrationOnce) {
     std::vector<ProcessResult> results(8);
     std::vector<std::thread> threads;
     for (auto& r : results) {
-        threads.emplace_back([&] { r = test::run_agent({"migrate", "up"}, {"POSTGRES_URL=" + db.url()}); });
+        threads.emplace_back([&] {
+            r = test::run_agent({"migrate", "up"}, {"POSTGRES_URL=" + db.url()});
+        });
     }
     for (auto& t : threads) t.join();
     int applied_lines = 0;
@@ -92,7 +98,8 @@ TEST(Migrate, EightProcessesApplyEachMigrationOnce) {
     EXPECT_EQ(applied_lines, static_cast<int>(known_migrations().size()));
     EXPECT_EQ(db.sql("SELECT count(*), count(DISTINCT version) FROM schema_migrations").text(0, 0),
               std::to_string(known_migrations().size()));
-    EXPECT_EQ(db.sql("SELECT count(*) FROM pg_extension WHERE extname = 'vector'").integer(0, 0), 1);
+    EXPECT_EQ(db.sql("SELECT count(*) FROM pg_extension WHERE extname = 'vector'").integer(0, 0),
+              1);
 }
 
 TEST(Migrate, TamperedChecksumFailsFast) {
@@ -104,12 +111,14 @@ TEST(Migrate, TamperedChecksumFailsFast) {
     auto again = prepare_schema(conn, config, true);
     ASSERT_FALSE(again);
     EXPECT_EQ(again.error().code, ErrorCode::migration);
-    EXPECT_TRUE(contains(again.error().message, "0001_memory_entries was changed after it was applied"))
+    EXPECT_TRUE(
+        contains(again.error().message, "0001_memory_entries was changed after it was applied"))
         << again.error().message;
 
     auto cli = test::run_agent({"migrate", "up"}, {"POSTGRES_URL=" + db.url()});
     EXPECT_EQ(cli.exit_code, 9) << cli.output;
-    EXPECT_TRUE(contains(cli.output, "ERROR Failed to run database migrations error=")) << cli.output;
+    EXPECT_TRUE(contains(cli.output, "ERROR Failed to run database migrations error="))
+        << cli.output;
     auto status = test::run_agent({"migrate", "status"}, {"POSTGRES_URL=" + db.url()});
     EXPECT_EQ(status.exit_code, 9);
     EXPECT_TRUE(contains(status.output, "changed")) << status.output;
@@ -120,7 +129,9 @@ TEST(Migrate, MigrationFromANewerVersionFailsFast) {
     auto config = test::config_for(db.url());
     auto conn = db.connect();
     ASSERT_TRUE(prepare_schema(conn, config, true));
-    db.sql("INSERT INTO schema_migrations (version, name, checksum, duration_ms) VALUES (9999, 'future', 'x', 1)");
+    db.sql(
+        "INSERT INTO schema_migrations (version, name, checksum, duration_ms) VALUES (9999, "
+        "'future', 'x', 1)");
     auto again = prepare_schema(conn, config, true);
     ASSERT_FALSE(again);
     EXPECT_TRUE(contains(again.error().message, "9999_future")) << again.error().message;
@@ -144,7 +155,8 @@ TEST(Migrate, AutoOffRefusesPendingAndSaysHow) {
     EXPECT_TRUE(contains(refused.error().hint, "knowledge-agent migrate up"));
     EXPECT_EQ(db.sql("SELECT to_regclass('memory_entries') IS NULL").text(0, 0), "t");
 
-    auto up = test::run_agent({"migrate", "up"}, {"POSTGRES_URL=" + db.url(), "KNOWLEDGE_AGENT_MIGRATIONS_AUTO=false"});
+    auto up = test::run_agent(
+        {"migrate", "up"}, {"POSTGRES_URL=" + db.url(), "KNOWLEDGE_AGENT_MIGRATIONS_AUTO=false"});
     EXPECT_EQ(up.exit_code, 0) << up.output;  // `migrate up` applies whatever migrations.auto says
     EXPECT_TRUE(prepare_schema(conn, config, false));
 }
@@ -170,7 +182,8 @@ TEST(Migrate, FailedMigrationLeavesNothingBehind) {
     auto r = prepare_schema(conn, config, true);
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, ErrorCode::migration);
-    EXPECT_TRUE(contains(r.error().message, "migration 0001_memory_entries failed")) << r.error().message;
+    EXPECT_TRUE(contains(r.error().message, "migration 0001_memory_entries failed"))
+        << r.error().message;
     EXPECT_EQ(db.sql("SELECT count(*) FROM schema_migrations").integer(0, 0), 0);
     EXPECT_EQ(db.sql("SELECT to_regclass('idx_memory_entries_embedding') IS NULL").text(0, 0), "t");
 }

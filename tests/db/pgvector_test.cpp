@@ -26,8 +26,9 @@ TEST(Pgvector, InstructionsPutTheDetectedPlatformFirst) {
     auto local = install_instructions(embedded, "/var/lib/knowledge-agent/postgres");
     EXPECT_LT(local.find("scripts/setup.sh"), local.find("Docker"));
     // Every platform of the production guide is covered.
-    for (const char* platform : {"Docker", "AWS RDS", "Azure", "Cloud SQL", "Debian", "RHEL", "macOS",
-                                 "From source", "Supabase", "Heroku", "Render", "DigitalOcean", "Railway"}) {
+    for (const char* platform :
+         {"Docker", "AWS RDS", "Azure", "Cloud SQL", "Debian", "RHEL", "macOS", "From source",
+          "Supabase", "Heroku", "Render", "DigitalOcean", "Railway"}) {
         EXPECT_NE(rds.find(platform), std::string::npos) << platform;
     }
 }

@@ -26,8 +26,9 @@ TEST(Doctor, PassesOnAMigratedDatabaseWithMonitoringFigures) {
 
     auto report = run(config);
     EXPECT_TRUE(report.ok()) << render_text(report);
-    for (const char* id : {"connection", "server_version", "pgvector_available", "pgvector_created", "privileges",
-                           "vector_operation", "schema", "embedding_dimensions", "hnsw_index"}) {
+    for (const char* id :
+         {"connection", "server_version", "pgvector_available", "pgvector_created", "privileges",
+          "vector_operation", "schema", "embedding_dimensions", "hnsw_index"}) {
         const auto& c = find(report, id);
         EXPECT_TRUE(c.required) << id;
         EXPECT_TRUE(c.status == Status::pass || c.status == Status::warn) << id << ": " << c.value;
@@ -40,15 +41,17 @@ TEST(Doctor, PassesOnAMigratedDatabaseWithMonitoringFigures) {
     EXPECT_EQ(cli.exit_code, 0) << cli.output;
     auto j = nlohmann::json::parse(cli.output);
     EXPECT_TRUE(j["ok"].get<bool>());
-    for (const char* figure : {"entries", "table size (memory_entries, total)",
-                               "index size (idx_memory_entries_embedding)", "idx_scan", "idx_tup_read"}) {
+    for (const char* figure :
+         {"entries", "table size (memory_entries, total)",
+          "index size (idx_memory_entries_embedding)", "idx_scan", "idx_tup_read"}) {
         EXPECT_TRUE(j["monitoring"].contains(figure)) << figure;
     }
     EXPECT_TRUE(j["tuning"].contains("shared_buffers"));
 
     auto text = test::run_agent({"doctor"}, {"POSTGRES_URL=" + db.url()});
     EXPECT_EQ(text.exit_code, 0);
-    EXPECT_TRUE(contains(text.output, "PASS  HNSW index idx_memory_entries_embedding")) << text.output;
+    EXPECT_TRUE(contains(text.output, "PASS  HNSW index idx_memory_entries_embedding"))
+        << text.output;
     EXPECT_TRUE(contains(text.output, "All required checks pass"));
 }
 
@@ -61,7 +64,8 @@ TEST(Doctor, FailsWithFixesOnAnUnmigratedDatabase) {
     EXPECT_TRUE(contains(r.output, "FAIL  Schema up to date"));
     EXPECT_TRUE(contains(r.output, "run knowledge-agent migrate up"));
     // doctor diagnoses only: it changed nothing.
-    EXPECT_EQ(db.sql("SELECT count(*) FROM pg_extension WHERE extname = 'vector'").integer(0, 0), 0);
+    EXPECT_EQ(db.sql("SELECT count(*) FROM pg_extension WHERE extname = 'vector'").integer(0, 0),
+              0);
     EXPECT_EQ(db.sql("SELECT to_regclass('schema_migrations') IS NULL").text(0, 0), "t");
 }
 
@@ -79,7 +83,8 @@ TEST(Doctor, ReportsIndexParametersThatDifferFromConfig) {
 }
 
 TEST(Doctor, UnreachableDatabaseFailsFirstCheckAndRedactsPassword) {
-    auto config = test::config_for("postgres://app:PlainTextPw9@127.0.0.1:" + std::to_string(test::free_port()) + "/ka");
+    auto config = test::config_for(
+        "postgres://app:PlainTextPw9@127.0.0.1:" + std::to_string(test::free_port()) + "/ka");
     auto report = run(config);
     EXPECT_FALSE(report.ok());
     EXPECT_EQ(find(report, "connection").status, Status::fail);

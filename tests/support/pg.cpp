@@ -36,17 +36,20 @@ TestDatabase::TestDatabase() {
     static std::atomic<int> counter{0};
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     std::string base = info ? std::string(info->name()) : "db";
-    for (auto& c : base) c = static_cast<char>(std::isalnum(static_cast<unsigned char>(c)) ? std::tolower(c) : '_');
+    for (auto& c : base)
+        c = static_cast<char>(std::isalnum(static_cast<unsigned char>(c)) ? std::tolower(c) : '_');
     name_ = fmt::format("t_{}_{}_{}", base.substr(0, 30), getpid(), counter++);
     auto admin = db::Connection::open(db::embedded_target(shared_cluster(), "postgres"), 10);
-    if (!admin) throw std::runtime_error("shared test cluster unavailable: " + admin.error().message);
+    if (!admin)
+        throw std::runtime_error("shared test cluster unavailable: " + admin.error().message);
     auto made = admin->exec("CREATE DATABASE " + db::quote_ident(name_));
     if (!made) throw std::runtime_error(made.error().message);
 }
 
 TestDatabase::~TestDatabase() {
     auto admin = db::Connection::open(db::embedded_target(shared_cluster(), "postgres"), 10);
-    if (admin) (void)admin->exec("DROP DATABASE IF EXISTS " + db::quote_ident(name_) + " WITH (FORCE)");
+    if (admin)
+        (void)admin->exec("DROP DATABASE IF EXISTS " + db::quote_ident(name_) + " WITH (FORCE)");
 }
 
 std::string TestDatabase::url(const std::string& user) const {
@@ -68,17 +71,18 @@ db::PgResult TestDatabase::sql(const std::string& statement) const {
 }
 
 config::Config config_for(const std::string& url) {
-    auto config = config::load_from_string("", [&](const std::string& name) -> std::optional<std::string> {
-        if (name == "POSTGRES_URL") return url;
-        return std::nullopt;
-    });
+    auto config =
+        config::load_from_string("", [&](const std::string& name) -> std::optional<std::string> {
+            if (name == "POSTGRES_URL") return url;
+            return std::nullopt;
+        });
     if (!config) throw std::runtime_error(config.error().message);
     return *config;
 }
 
 ProcessResult run_agent(const std::vector<std::string>& args, const std::vector<std::string>& env) {
-    std::vector<std::string> argv = {"env", "-u", "KNOWLEDGE_AGENT_CONFIG", "-u", "POSTGRES_URL",
-                                     "XDG_CONFIG_HOME=/nonexistent"};
+    std::vector<std::string> argv = {"env", "-u",           "KNOWLEDGE_AGENT_CONFIG",
+                                     "-u",  "POSTGRES_URL", "XDG_CONFIG_HOME=/nonexistent"};
     argv.insert(argv.end(), env.begin(), env.end());
     argv.push_back(KA_BINARY);
     argv.insert(argv.end(), args.begin(), args.end());
@@ -106,9 +110,11 @@ PrivateCluster::~PrivateCluster() {
 }
 
 std::vector<std::string> PrivateCluster::env() const {
-    std::vector<std::string> out = {"KNOWLEDGE_AGENT_POSTGRES_EMBEDDED_DATA_DIR=" + cluster_.data_dir.string(),
-                                    "KNOWLEDGE_AGENT_POSTGRES_EMBEDDED_PORT=" + std::to_string(cluster_.port)};
-    if (!settings_.bin_dir.empty()) out.push_back("KNOWLEDGE_AGENT_POSTGRES_EMBEDDED_BIN_DIR=" + settings_.bin_dir);
+    std::vector<std::string> out = {
+        "KNOWLEDGE_AGENT_POSTGRES_EMBEDDED_DATA_DIR=" + cluster_.data_dir.string(),
+        "KNOWLEDGE_AGENT_POSTGRES_EMBEDDED_PORT=" + std::to_string(cluster_.port)};
+    if (!settings_.bin_dir.empty())
+        out.push_back("KNOWLEDGE_AGENT_POSTGRES_EMBEDDED_BIN_DIR=" + settings_.bin_dir);
     return out;
 }
 

@@ -21,7 +21,7 @@ std::filesystem::path unique_dir(const std::string& hint);
 
 // A fresh database on the shared cluster, dropped when the object goes away.
 class TestDatabase {
-public:
+  public:
     TestDatabase();
     ~TestDatabase();
     TestDatabase(const TestDatabase&) = delete;
@@ -34,7 +34,7 @@ public:
     // Runs SQL as the cluster superuser; fails the test on error.
     db::PgResult sql(const std::string& statement) const;
 
-private:
+  private:
     std::string name_;
 };
 
@@ -42,12 +42,13 @@ private:
 config::Config config_for(const std::string& url);
 
 // Runs the knowledge-agent binary with extra environment (NAME=value) and no config file.
-ProcessResult run_agent(const std::vector<std::string>& args, const std::vector<std::string>& env = {});
+ProcessResult run_agent(const std::vector<std::string>& args,
+                        const std::vector<std::string>& env = {});
 
 // A private cluster (own data dir, optional TCP port, optional bin_dir), stopped and removed
 // when the object goes away.
 class PrivateCluster {
-public:
+  public:
     explicit PrivateCluster(const std::string& hint, int port = 0, const std::string& bin_dir = "");
     ~PrivateCluster();
     PrivateCluster(const PrivateCluster&) = delete;
@@ -57,7 +58,7 @@ public:
     // Environment selecting this cluster for run_agent.
     std::vector<std::string> env() const;
 
-private:
+  private:
     db::EmbeddedCluster cluster_;
     config::Embedded settings_;
 };
