@@ -1,4 +1,5 @@
 # Writes a C++ source holding every migration file as a raw string, ordered by file name.
+string(REPLACE "|" ";" FILES "${FILES}")
 set(body "")
 foreach(f IN LISTS FILES)
   get_filename_component(name ${f} NAME)

@@ -1,4 +1,5 @@
 #include "cli/cli.h"
+#include "cli/common.h"
 
 #include <iostream>
 #include <optional>
@@ -17,11 +18,11 @@
 #include "log/log.h"
 
 namespace ka::cli {
+
 namespace {
-
 bool json_logs = false;
+}  // namespace
 
-// Logs a failure in the guide's style, then the long explanation and the fix.
 int report(std::string_view context, const Error& e) {
     if (json_logs) {
         log::error(context, {{"error", e.message},
@@ -36,10 +37,6 @@ int report(std::string_view context, const Error& e) {
     return exit_code(e.code);
 }
 
-struct Globals {
-    std::optional<std::string> config_path;
-};
-
 Result<config::Config> load_config(const Globals& g) {
     auto config = config::load({g.config_path, config::process_env});
     if (config) {
@@ -49,7 +46,6 @@ Result<config::Config> load_config(const Globals& g) {
     return config;
 }
 
-// Connects and runs the start-up path; `apply` overrides migrations.auto when set.
 Result<db::Connection> open_ready(const config::Config& config, std::optional<bool> apply,
                                   int& exit) {
     auto conn = db::connect(config);
@@ -64,6 +60,35 @@ Result<db::Connection> open_ready(const config::Config& config, std::optional<bo
     }
     return conn;
 }
+
+std::unique_ptr<Services> open_services(const Globals& g, int& exit) {
+    auto config = load_config(g);
+    if (!config) {
+        exit = report("Invalid configuration", config.error());
+        return nullptr;
+    }
+    auto services = std::make_unique<Services>();
+    services->config = std::move(*config);
+    auto conn = open_ready(services->config, std::nullopt, exit);
+    if (!conn) return nullptr;
+    auto embedder = embed::make_embedder(services->config);
+    if (!embedder) {
+        exit = report("Cannot set up the embedding provider", embedder.error());
+        return nullptr;
+    }
+    services->embedder = std::move(*embedder);
+    services->pool = std::make_unique<db::Pool>(conn->target(), services->config.postgres.pool_size,
+                                                services->config.postgres.connect_timeout);
+    services->store =
+        std::make_unique<store::Store>(*services->pool, *services->embedder, services->config);
+    if (auto ok = services->store->check_model(); !ok) {
+        exit = report("Embedding model mismatch", ok.error());
+        return nullptr;
+    }
+    return services;
+}
+
+namespace {
 
 int cmd_db(const Globals& g, const std::string& action, bool json) {
     auto config = load_config(g);
@@ -221,6 +246,8 @@ int run(int argc, char** argv) {
     cfg->add_subcommand("example", "print config-example.yaml")->callback([&] {
         exit = cmd_config(g, "example");
     });
+
+    add_store_commands(app, g, exit);
 
     app.add_subcommand("version", "print the version")->callback([&] {
         std::cout << "knowledge-agent " << KA_VERSION << "\n";

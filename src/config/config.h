@@ -26,8 +26,21 @@ struct Postgres {
 struct Config {
     Postgres postgres;
     struct {
+        std::string provider;
+        std::string model;     // empty: the provider's default model
+        std::string base_url;  // empty: the provider's default endpoint
+        std::string api_key;
+        bool send_dimensions = false;
         int dimensions = 0;
+        int batch_size = 0;
+        int timeout = 0;  // seconds per request
+        int max_retries = 0;
+        int max_input_chars = 0;
     } embedding;
+    struct {
+        int max_content_bytes = 0;
+        std::string default_scope;
+    } store;
     struct {
         struct {
             int m = 0;
@@ -36,6 +49,12 @@ struct Config {
     } index;
     struct {
         int ef_search = 0;
+        std::string mode;
+        int default_k = 0;
+        int max_k = 0;
+        std::string iterative_scan;
+        int exact_max_rows = 0;
+        int rrf_k = 0;
     } search;
     struct {
         std::string level;

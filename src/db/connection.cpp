@@ -45,23 +45,64 @@ Result<Connection> Connection::open(const Target& target, int connect_timeout_se
     return Connection(conn, target);
 }
 
-Result<PgResult> Connection::exec(std::string_view sql) {
-    PgResult result(PQexec(conn_.get(), std::string(sql).c_str()));
+namespace {
+
+struct Wire {
+    std::vector<const char*> values;
+    std::vector<int> lengths;
+    std::vector<int> formats;
+    explicit Wire(const Params& params) {
+        for (const auto& p : params) {
+            values.push_back(p.value ? p.value->data() : nullptr);
+            lengths.push_back(p.value ? static_cast<int>(p.value->size()) : 0);
+            formats.push_back(p.binary ? 1 : 0);
+        }
+    }
+    int count() const { return static_cast<int>(values.size()); }
+};
+
+Result<PgResult> checked(PGresult* raw, PGconn* conn) {
+    PgResult result(raw);
     auto status = PQresultStatus(result.raw());
     if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return result;
-    return std::unexpected(statement_error(result.raw(), conn_.get()));
+    return std::unexpected(statement_error(result.raw(), conn));
+}
+
+}  // namespace
+
+Result<PgResult> Connection::exec(std::string_view sql) {
+    return checked(PQexec(conn_.get(), std::string(sql).c_str()), conn_.get());
 }
 
 Result<PgResult> Connection::exec(std::string_view sql, const Params& params) {
-    std::vector<const char*> values;
-    values.reserve(params.size());
-    for (const auto& p : params) values.push_back(p ? p->c_str() : nullptr);
-    PgResult result(PQexecParams(conn_.get(), std::string(sql).c_str(),
-                                 static_cast<int>(values.size()), nullptr, values.data(), nullptr,
-                                 nullptr, 0));
-    auto status = PQresultStatus(result.raw());
-    if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return result;
-    return std::unexpected(statement_error(result.raw(), conn_.get()));
+    Wire wire(params);
+    return checked(PQexecParams(conn_.get(), std::string(sql).c_str(), wire.count(), nullptr,
+                                wire.values.data(), wire.lengths.data(), wire.formats.data(), 0),
+                   conn_.get());
+}
+
+Result<PgResult> Connection::exec_prepared(const std::string& name, std::string_view sql,
+                                           const Params& params) {
+    if (!prepared_.contains(name)) {
+        auto made =
+            checked(PQprepare(conn_.get(), name.c_str(), std::string(sql).c_str(), 0, nullptr),
+                    conn_.get());
+        if (!made) return made;
+        prepared_.insert(name);
+    }
+    Wire wire(params);
+    return checked(PQexecPrepared(conn_.get(), name.c_str(), wire.count(), wire.values.data(),
+                                  wire.lengths.data(), wire.formats.data(), 0),
+                   conn_.get());
+}
+
+Status Connection::set(const std::string& name, const std::string& value) {
+    auto it = settings_.find(name);
+    if (it != settings_.end() && it->second == value) return {};
+    auto r = exec("SELECT set_config($1, $2, false)", {name, value});
+    if (!r) return std::unexpected(r.error());
+    settings_[name] = value;
+    return {};
 }
 
 ErrorCode classify_sqlstate(std::string_view state) {

@@ -7,6 +7,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "core/error.h"
@@ -38,7 +40,22 @@ class PgResult {
     std::unique_ptr<PGresult, decltype(&PQclear)> result_;
 };
 
-using Params = std::vector<std::optional<std::string>>;
+// A statement parameter: text by default, or binary (e.g. a pgvector `vector` in its wire
+// format, which avoids printing and parsing 768 floats as text). nullopt is SQL NULL.
+struct Param {
+    std::optional<std::string> value;
+    bool binary = false;
+    Param(std::nullopt_t) {}
+    Param(std::string v) : value(std::move(v)) {}
+    Param(const char* v) : value(v) {}
+    Param(std::optional<std::string> v) : value(std::move(v)) {}
+    static Param bytes(std::string v) {
+        Param p(std::move(v));
+        p.binary = true;
+        return p;
+    }
+};
+using Params = std::vector<Param>;
 
 class Connection {
   public:
@@ -47,8 +64,13 @@ class Connection {
 
     // Runs SQL with the simple protocol (several statements allowed, no parameters).
     Result<PgResult> exec(std::string_view sql);
-    // Runs one statement with text parameters ($1, $2, ...; nullopt is NULL).
+    // Runs one statement with parameters ($1, $2, ...).
     Result<PgResult> exec(std::string_view sql, const Params& params);
+    // Same, as a statement prepared once per connection under `name`.
+    Result<PgResult> exec_prepared(const std::string& name, std::string_view sql,
+                                   const Params& params);
+    // Sets a session setting (e.g. hnsw.ef_search), skipping the round trip when unchanged.
+    Status set(const std::string& name, const std::string& value);
 
     PGconn* raw() const { return conn_.get(); }
     const Target& target() const { return target_; }
@@ -58,6 +80,8 @@ class Connection {
     Connection(PGconn* c, Target t) : conn_(c, &PQfinish), target_(std::move(t)) {}
     std::unique_ptr<PGconn, decltype(&PQfinish)> conn_;
     Target target_;
+    std::unordered_set<std::string> prepared_;
+    std::unordered_map<std::string, std::string> settings_;
 };
 
 // Classifies a failed statement by SQLSTATE (retryable, conflict, invalid, permission...).

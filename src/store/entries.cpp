@@ -1,0 +1,457 @@
+// Writing and reading entries: add (with race-safe dedup), batches through binary COPY,
+// get, update, delete, list, count, stats, model check and reindex.
+#include <arpa/inet.h>
+
+#include <cstring>
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "log/log.h"
+#include "store/internal.h"
+#include "store/store.h"
+
+namespace ka::store {
+namespace {
+
+using namespace detail;
+
+Error not_found(const std::string& id) {
+    return Error{ErrorCode::not_found, fmt::format("no entry {}", id), "", {}};
+}
+
+// COPY ... (FORMAT binary) encoding of one row of the staging table.
+class CopyWriter {
+  public:
+    CopyWriter() { data_.append("PGCOPY\n\377\r\n\0", 11).append(8, '\0'); }
+    void row(std::uint16_t fields) { put16(fields); }
+    void null() { put32(0xFFFFFFFFu); }
+    void bytes(std::string_view v) {
+        put32(static_cast<std::uint32_t>(v.size()));
+        data_.append(v);
+    }
+    void optional(const std::optional<std::string>& v) { v ? bytes(*v) : null(); }
+    void uuid(std::string_view text) {
+        std::string raw;
+        for (std::size_t i = 0; i < text.size(); ++i) {
+            if (text[i] == '-') continue;
+            raw += static_cast<char>(std::stoi(std::string(text.substr(i, 2)), nullptr, 16));
+            ++i;
+        }
+        bytes(raw);
+    }
+    void text_array(const std::vector<std::string>& items) {
+        std::string a;
+        auto p32 = [&](std::uint32_t v) {
+            v = htonl(v);
+            a.append(reinterpret_cast<const char*>(&v), 4);
+        };
+        p32(items.empty() ? 0 : 1);  // dimensions
+        p32(0);                      // no NULLs
+        p32(25);                     // element type: text
+        if (!items.empty()) {
+            p32(static_cast<std::uint32_t>(items.size()));
+            p32(1);  // lower bound
+            for (const auto& item : items) {
+                p32(static_cast<std::uint32_t>(item.size()));
+                a.append(item);
+            }
+        }
+        bytes(a);
+    }
+    std::string finish() {
+        put16(0xFFFF);
+        return std::move(data_);
+    }
+
+  private:
+    void put16(std::uint16_t v) {
+        v = htons(v);
+        data_.append(reinterpret_cast<const char*>(&v), 2);
+    }
+    void put32(std::uint32_t v) {
+        v = htonl(v);
+        data_.append(reinterpret_cast<const char*>(&v), 4);
+    }
+    std::string data_;
+};
+
+Status copy_in(db::Connection& conn, const std::string& sql, const std::string& data) {
+    PGconn* raw = conn.raw();
+    db::PgResult start(PQexec(raw, sql.c_str()));
+    if (PQresultStatus(start.raw()) != PGRES_COPY_IN)
+        return std::unexpected(db::statement_error(start.raw(), raw));
+    if (PQputCopyData(raw, data.data(), static_cast<int>(data.size())) != 1 ||
+        PQputCopyEnd(raw, nullptr) != 1) {
+        return fail(ErrorCode::unavailable, fmt::format("COPY failed: {}", PQerrorMessage(raw)));
+    }
+    db::PgResult end(PQgetResult(raw));
+    while (PGresult* extra = PQgetResult(raw)) PQclear(extra);
+    if (PQresultStatus(end.raw()) != PGRES_COMMAND_OK)
+        return std::unexpected(db::statement_error(end.raw(), raw));
+    return {};
+}
+
+constexpr std::string_view kStageTable =
+    "CREATE TEMP TABLE IF NOT EXISTS ka_stage (ord int, id uuid, scope text, content text, "
+    "content_hash bytea, "
+    "metadata text, tags text[], source text, author text, created_at text, updated_at text, "
+    "embedding vector, "
+    "embedding_model text) ON COMMIT DELETE ROWS";
+
+std::string insert_values_sql() {
+    return fmt::format(
+        "INSERT INTO memory_entries (id, scope, content, content_hash, metadata, tags, source, "
+        "author, embedding, "
+        "embedding_model, created_at, updated_at) VALUES ($1::uuid, $2, $3, $4, $5::jsonb, "
+        "$6::text[], $7, $8, "
+        "$9::vector, $10, coalesce($11::timestamptz, now()), coalesce($12::timestamptz, "
+        "$11::timestamptz, now())) "
+        "ON CONFLICT DO NOTHING RETURNING {}",
+        kEntryColumns);
+}
+
+// Embeddings for the entries that have none; entries that bring one must use the store's model.
+Status fill_embeddings(std::vector<NewEntry>& entries, embed::Embedder& embedder, int dimensions) {
+    std::vector<std::string> texts;
+    std::vector<std::size_t> which;
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+        auto& e = entries[i];
+        if (e.embedding) {
+            if (e.embedding_model && *e.embedding_model != embedder.model()) {
+                return std::unexpected(
+                    Error{ErrorCode::invalid_argument,
+                          fmt::format("embedding was made by model {}, but this store uses {}",
+                                      *e.embedding_model, embedder.model()),
+                          "omit the embedding so the store embeds the text itself, or configure "
+                          "the same model",
+                          {}});
+            }
+            continue;
+        }
+        texts.push_back(e.content);
+        which.push_back(i);
+    }
+    auto vectors = embed_documents(embedder, texts, dimensions);
+    if (!vectors) return std::unexpected(vectors.error());
+    for (std::size_t j = 0; j < which.size(); ++j)
+        entries[which[j]].embedding = std::move((*vectors)[j]);
+    return {};
+}
+
+}  // namespace
+
+Store::Store(db::Pool& pool, embed::Embedder& embedder, const config::Config& config)
+    : pool_(pool), embedder_(embedder), config_(config) {}
+
+Status Store::check_model() {
+    auto conn = pool_.acquire();
+    if (!conn) return std::unexpected(conn.error());
+    auto other = run(**conn,
+                     "SELECT embedding_model, count(*) OVER () FROM memory_entries WHERE "
+                     "embedding_model <> $1 LIMIT 1",
+                     {embedder_.model()});
+    if (!other) return std::unexpected(other.error());
+    if (other->rows() == 0) return {};
+    std::string stored = other->text(0, 0);
+    Error e{
+        ErrorCode::config,
+        fmt::format("the store holds entries embedded with model '{}', but the configured "
+                    "embedding model is '{}'",
+                    stored, embedder_.model()),
+        fmt::format("set embedding.provider / embedding.model back to the model '{}' was made "
+                    "with, or move to "
+                    "the new model: `knowledge-agent export --no-embeddings > kb.jsonl`, then "
+                    "import kb.jsonl "
+                    "into a new database configured with the new model (it re-embeds every entry)",
+                    stored),
+        {}};
+    return std::unexpected(e);
+}
+
+Result<Added> Store::add(NewEntry entry) {
+    if (auto ok = normalise(entry, config_); !ok) return std::unexpected(ok.error());
+    std::string hash = sha256(entry.content);
+    auto conn = pool_.acquire();
+    if (!conn) return std::unexpected(conn.error());
+    std::string existing_sql = fmt::format(
+        "SELECT {} FROM memory_entries WHERE scope = $1 AND content_hash = $2", kEntryColumns);
+    // Dedup before embedding: saving known text again costs no provider call.
+    auto existing = run(**conn, existing_sql, {entry.scope, db::Param::bytes(hash)});
+    if (!existing) return std::unexpected(existing.error());
+    if (existing->rows() == 1) return Added{row_to_entry(*existing, 0), false};
+
+    std::vector<NewEntry> one{std::move(entry)};
+    if (auto ok = fill_embeddings(one, embedder_, config_.embedding.dimensions); !ok)
+        return std::unexpected(ok.error());
+    NewEntry& e = one.front();
+    auto inserted = run(**conn, insert_values_sql(),
+                        {e.id.value_or(new_uuid_v7()), e.scope, e.content, db::Param::bytes(hash),
+                         e.metadata.dump(), text_array_literal(e.tags), e.source, e.author,
+                         db::Param::bytes(vector_binary(*e.embedding)), embedder_.model(),
+                         e.created_at, e.updated_at});
+    if (!inserted) return std::unexpected(inserted.error());
+    if (inserted->rows() == 1) return Added{row_to_entry(*inserted, 0), true};
+    // Lost a race with a concurrent save of the same text, or the id exists already.
+    existing = run(**conn, existing_sql, {e.scope, db::Param::bytes(hash)});
+    if (!existing) return std::unexpected(existing.error());
+    if (existing->rows() == 1) return Added{row_to_entry(*existing, 0), false};
+    return fail(ErrorCode::conflict,
+                fmt::format("an entry with id {} already exists", e.id.value_or("?")));
+}
+
+Result<std::vector<Added>> Store::add_batch(std::vector<NewEntry> entries) {
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+        if (auto ok = normalise(entries[i], config_); !ok) {
+            Error e = ok.error();
+            e.message = fmt::format("entry {}: {}", i + 1, e.message);
+            return std::unexpected(e);
+        }
+    }
+    if (entries.empty()) return std::vector<Added>{};
+    if (auto ok = fill_embeddings(entries, embedder_, config_.embedding.dimensions); !ok)
+        return std::unexpected(ok.error());
+
+    CopyWriter copy;
+    std::vector<std::string> hashes;
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+        const auto& e = entries[i];
+        hashes.push_back(sha256(e.content));
+        copy.row(13);
+        std::uint32_t ord = htonl(static_cast<std::uint32_t>(i));
+        copy.bytes(std::string_view(reinterpret_cast<const char*>(&ord), 4));
+        copy.uuid(e.id.value_or(new_uuid_v7()));
+        copy.bytes(e.scope);
+        copy.bytes(e.content);
+        copy.bytes(hashes.back());
+        copy.bytes(e.metadata.dump());
+        copy.text_array(e.tags);
+        copy.optional(e.source);
+        copy.optional(e.author);
+        copy.optional(e.created_at);
+        copy.optional(e.updated_at);
+        copy.bytes(vector_binary(*e.embedding));
+        copy.bytes(embedder_.model());
+    }
+    auto conn = pool_.acquire();
+    if (!conn) return std::unexpected(conn.error());
+    auto& c = **conn;
+    auto rollback = [&](Error e) -> Result<std::vector<Added>> {
+        (void)c.exec("ROLLBACK");
+        return std::unexpected(std::move(e));
+    };
+    if (auto ok = c.exec("BEGIN"); !ok) return std::unexpected(ok.error());
+    if (auto ok = c.exec(kStageTable); !ok) return rollback(ok.error());
+    if (auto ok = copy_in(c, "COPY ka_stage FROM STDIN (FORMAT binary)", copy.finish()); !ok)
+        return rollback(ok.error());
+    auto inserted = c.exec(
+        "INSERT INTO memory_entries (id, scope, content, content_hash, metadata, tags, source, "
+        "author, embedding, "
+        "embedding_model, created_at, updated_at) SELECT id, scope, content, content_hash, "
+        "metadata::jsonb, tags, "
+        "source, author, embedding, embedding_model, coalesce(created_at::timestamptz, now()), "
+        "coalesce(updated_at::timestamptz, created_at::timestamptz, now()) FROM ka_stage ORDER BY "
+        "ord ON CONFLICT DO NOTHING RETURNING id::text");
+    if (!inserted) return rollback(inserted.error());
+    std::set<std::string> created;
+    for (int i = 0; i < inserted->rows(); ++i) created.insert(inserted->text(i, 0));
+    // Every staged row with the entry it became or duplicated (columns resolve to the entry).
+    auto rows = c.exec(fmt::format(
+        "SELECT s.ord, e.* FROM ka_stage s CROSS JOIN LATERAL (SELECT {} FROM "
+        "memory_entries m WHERE m.scope = s.scope AND m.content_hash = s.content_hash) e",
+        kEntryColumns));
+    if (!rows) return rollback(rows.error());
+    if (auto ok = c.exec("COMMIT"); !ok) return std::unexpected(ok.error());
+
+    std::vector<std::optional<Added>> by_ord(entries.size());
+    for (int i = 0; i < rows->rows(); ++i) {
+        Entry entry = row_to_entry(*rows, i, 1);
+        bool is_new = created.contains(entry.id);
+        by_ord[static_cast<std::size_t>(rows->integer(i, 0))] = Added{std::move(entry), is_new};
+    }
+    std::vector<Added> out;
+    for (std::size_t i = 0; i < by_ord.size(); ++i) {
+        if (!by_ord[i]) {
+            return fail(
+                ErrorCode::conflict,
+                fmt::format("entry {}: an entry with id {} already exists with other content",
+                            i + 1, entries[i].id.value_or("?")));
+        }
+        out.push_back(std::move(*by_ord[i]));
+    }
+    // The same text twice in one batch: the second is a duplicate of the first.
+    std::set<std::string> seen;
+    for (auto& a : out) {
+        if (a.created && !seen.insert(a.entry.id).second) a.created = false;
+    }
+    return out;
+}
+
+Result<Entry> Store::get(const std::string& id, const Filters& within) {
+    if (auto ok = check_id(id); !ok) return std::unexpected(ok.error());
+    if (auto ok = check_filters(within); !ok) return std::unexpected(ok.error());
+    db::Params params{id};
+    std::string sql = fmt::format("SELECT {} FROM memory_entries WHERE id = $1::uuid AND {}",
+                                  kEntryColumns, where_sql(within, params));
+    auto conn = pool_.acquire();
+    if (!conn) return std::unexpected(conn.error());
+    auto r = run(**conn, sql, params);
+    if (!r) return std::unexpected(r.error());
+    if (r->rows() == 0) return std::unexpected(not_found(id));
+    return row_to_entry(*r, 0);
+}
+
+Result<Entry> Store::update(const std::string& id, const Patch& patch, const Filters& within) {
+    auto current = get(id, within);
+    if (!current) return current;
+    NewEntry next{patch.content.value_or(current->content),
+                  current->scope,
+                  patch.metadata.value_or(current->metadata),
+                  patch.tags.value_or(current->tags),
+                  patch.source.value_or(current->source),
+                  patch.author.value_or(current->author),
+                  {},
+                  {},
+                  {},
+                  {},
+                  {}};
+    if (auto ok = normalise(next, config_); !ok) return std::unexpected(ok.error());
+    bool reembed = next.content != current->content;
+    db::Params params{id, next.metadata.dump(), text_array_literal(next.tags), next.source,
+                      next.author};
+    std::string set =
+        "metadata = $2::jsonb, tags = $3::text[], source = $4, author = $5, updated_at = now()";
+    if (reembed) {
+        std::vector<NewEntry> one{next};
+        if (auto ok = fill_embeddings(one, embedder_, config_.embedding.dimensions); !ok)
+            return std::unexpected(ok.error());
+        params.push_back(next.content);
+        params.push_back(db::Param::bytes(sha256(next.content)));
+        params.push_back(db::Param::bytes(vector_binary(*one.front().embedding)));
+        params.push_back(embedder_.model());
+        set += ", content = $6, content_hash = $7, embedding = $8::vector, embedding_model = $9";
+    }
+    std::string sql =
+        fmt::format("UPDATE memory_entries SET {} WHERE id = $1::uuid AND {} RETURNING {}", set,
+                    where_sql(within, params), kEntryColumns);
+    auto conn = pool_.acquire();
+    if (!conn) return std::unexpected(conn.error());
+    auto r = run(**conn, sql, params);
+    if (!r) {
+        if (r.error().code == ErrorCode::conflict) {
+            return fail(ErrorCode::conflict, "another entry in this scope already has that content",
+                        "search for it and update or delete that entry instead");
+        }
+        return std::unexpected(r.error());
+    }
+    if (r->rows() == 0) return std::unexpected(not_found(id));
+    return row_to_entry(*r, 0);
+}
+
+Status Store::remove(const std::string& id, const Filters& within) {
+    if (auto ok = check_id(id); !ok) return ok;
+    if (auto ok = check_filters(within); !ok) return ok;
+    db::Params params{id};
+    std::string sql =
+        "DELETE FROM memory_entries WHERE id = $1::uuid AND " + where_sql(within, params);
+    auto conn = pool_.acquire();
+    if (!conn) return std::unexpected(conn.error());
+    auto r = run(**conn, sql, params);
+    if (!r) return std::unexpected(r.error());
+    if (std::string_view(PQcmdTuples(const_cast<PGresult*>(r->raw()))) == "0")
+        return std::unexpected(not_found(id));
+    return {};
+}
+
+Result<Page> Store::list(const ListRequest& request) {
+    if (auto ok = check_filters(request.filters); !ok) return std::unexpected(ok.error());
+    if (request.limit < 1 || request.limit > kMaxListLimit) {
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("limit must be between 1 and {}", kMaxListLimit));
+    }
+    db::Params params;
+    std::string where = where_sql(request.filters, params);
+    if (!request.cursor.empty()) {
+        // Cursor: "<created_at>,<id>" of the last entry of the previous page (newest first).
+        auto comma = request.cursor.find(',');
+        if (comma == std::string::npos ||
+            !check_timestamp("cursor", request.cursor.substr(0, comma)) ||
+            !check_id(request.cursor.substr(comma + 1))) {
+            return fail(ErrorCode::invalid_argument, "cursor is not valid",
+                        "pass next_cursor from the previous page");
+        }
+        params.push_back(request.cursor.substr(0, comma));
+        params.push_back(request.cursor.substr(comma + 1));
+        where += fmt::format(" AND (created_at, id) < (${}::timestamptz, ${}::uuid)",
+                             params.size() - 1, params.size());
+    }
+    params.push_back(std::to_string(request.limit + 1));
+    std::string sql = fmt::format(
+        "SELECT {} FROM memory_entries WHERE {} ORDER BY created_at DESC, id DESC LIMIT ${}",
+        kEntryColumns, where, params.size());
+    auto conn = pool_.acquire();
+    if (!conn) return std::unexpected(conn.error());
+    auto r = run(**conn, sql, params);
+    if (!r) return std::unexpected(r.error());
+    Page page;
+    for (int i = 0; i < std::min(r->rows(), request.limit); ++i)
+        page.entries.push_back(row_to_entry(*r, i));
+    if (r->rows() > request.limit)
+        page.next_cursor = page.entries.back().created_at + "," + page.entries.back().id;
+    return page;
+}
+
+Result<long long> Store::count(const Filters& filters) {
+    if (auto ok = check_filters(filters); !ok) return std::unexpected(ok.error());
+    db::Params params;
+    std::string sql = "SELECT count(*) FROM memory_entries WHERE " + where_sql(filters, params);
+    auto conn = pool_.acquire();
+    if (!conn) return std::unexpected(conn.error());
+    auto r = run(**conn, sql, params);
+    if (!r) return std::unexpected(r.error());
+    return r->integer(0, 0);
+}
+
+Result<Stats> Store::stats() {
+    auto conn = pool_.acquire();
+    if (!conn) return std::unexpected(conn.error());
+    Stats s;
+    auto scopes =
+        (*conn)->exec("SELECT scope, count(*) FROM memory_entries GROUP BY scope ORDER BY scope");
+    if (!scopes) return std::unexpected(scopes.error());
+    for (int i = 0; i < scopes->rows(); ++i) {
+        s.scopes.push_back({scopes->text(i, 0), scopes->integer(i, 1)});
+        s.entries += scopes->integer(i, 1);
+    }
+    auto sizes = (*conn)->exec(
+        "SELECT pg_size_pretty(pg_total_relation_size('memory_entries')), "
+        "pg_size_pretty(pg_relation_size('idx_memory_entries_embedding')), "
+        "(SELECT embedding_model FROM memory_entries LIMIT 1)");
+    if (!sizes) return std::unexpected(sizes.error());
+    s.table_size = sizes->text(0, 0);
+    s.index_size = sizes->text(0, 1);
+    s.embedding_model = sizes->is_null(0, 2) ? embedder_.model() : sizes->text(0, 2);
+    return s;
+}
+
+Status Store::reindex() {
+    auto conn = pool_.acquire();
+    if (!conn) return std::unexpected(conn.error());
+    auto& c = **conn;
+    log::info("Rebuilding HNSW index",
+              {{"index", "idx_memory_entries_embedding"},
+               {"m", std::to_string(config_.index.hnsw.m)},
+               {"ef_construction", std::to_string(config_.index.hnsw.ef_construction)}});
+    // New parameters first, then a rebuild that keeps the old index serving until it is done.
+    auto set = c.exec(
+        fmt::format("ALTER INDEX idx_memory_entries_embedding SET (m = {}, ef_construction = {})",
+                    config_.index.hnsw.m, config_.index.hnsw.ef_construction));
+    if (!set) return std::unexpected(set.error());
+    auto rebuilt = c.exec("REINDEX INDEX CONCURRENTLY idx_memory_entries_embedding");
+    if (!rebuilt) return std::unexpected(rebuilt.error());
+    log::info("HNSW index rebuilt");
+    return {};
+}
+
+}  // namespace ka::store

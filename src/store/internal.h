@@ -1,0 +1,57 @@
+// Store internals shared by its translation units: validation, wire formats, SQL pieces.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "db/connection.h"
+#include "store/store.h"
+
+namespace ka::store::detail {
+
+// Columns every entry query selects, in the order row_to_entry reads them.
+inline constexpr std::string_view kEntryColumns =
+    "id::text, scope, content, metadata::text, tags, source, author, embedding_model, "
+    "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
+    "to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+inline constexpr int kEntryColumnCount = 10;
+
+Entry row_to_entry(const db::PgResult& r, int row, int first_col = 0);
+
+// Validation with messages a user can act on (field names as in the API).
+Status check_text(std::string_view field, std::string_view value, std::size_t max_bytes);
+Status check_scope(std::string_view scope);
+Status check_tags(const std::vector<std::string>& tags);
+Status check_metadata(const nlohmann::json& metadata);
+Status check_timestamp(std::string_view field, std::string_view value);
+Status check_id(std::string_view id);
+Status check_vector(const embed::Vector& v, int dimensions);
+std::string trim(std::string_view text);
+
+// Validates and normalises an entry in place (trimmed content, default scope, deduped tags).
+Status normalise(NewEntry& entry, const config::Config& config);
+
+std::string sha256(std::string_view data);  // raw 32 bytes
+std::string new_uuid_v7();
+std::string vector_binary(const embed::Vector& v);  // pgvector's binary wire format
+std::string text_array_literal(const std::vector<std::string>& items);  // {"a","b"}
+
+// WHERE clause for filters; parameters are appended to `params` ($n numbered after them).
+std::string where_sql(const Filters& filters, db::Params& params);
+
+// Runs through a per-connection prepared statement named after the SQL text.
+Result<db::PgResult> run(db::Connection& conn, const std::string& sql, const db::Params& params);
+
+}  // namespace ka::store::detail
+
+namespace ka::store::detail {
+
+Status check_filters(const Filters& filters);
+
+// Embeds texts for documents with the store's embedder, checking what comes back.
+Result<std::vector<embed::Vector>> embed_documents(embed::Embedder& embedder,
+                                                   const std::vector<std::string>& texts,
+                                                   int dimensions);
+
+}  // namespace ka::store::detail

@@ -1,0 +1,236 @@
+// Search: vector (HNSW cosine, iterative scans for filters, exact for selective filters),
+// text (PostgreSQL full-text, websearch syntax) and hybrid (reciprocal-rank fusion).
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "store/internal.h"
+#include "store/store.h"
+
+namespace ka::store {
+namespace {
+
+using namespace detail;
+
+// Candidates each side contributes to hybrid fusion.
+constexpr int kHybridDepthFactor = 4;
+constexpr int kHybridMinDepth = 50;
+
+bool has_filters(const Filters& f) {
+    return !f.scopes.empty() || !f.tags.empty() || f.source || f.created_after || f.created_before;
+}
+
+// Rows the planner expects the filter to match (no execution).
+Result<double> estimated_rows(db::Connection& conn, const std::string& where,
+                              const db::Params& params) {
+    auto r = conn.exec("EXPLAIN (FORMAT JSON) SELECT 1 FROM memory_entries WHERE " + where, params);
+    if (!r) return std::unexpected(r.error());
+    auto plan = nlohmann::json::parse(r->get(0, 0), nullptr, false);
+    if (plan.is_discarded()) return 0.0;
+    return plan[0]["Plan"].value("Plan Rows", 0.0);
+}
+
+std::vector<Hit> to_hits(const db::PgResult& r) {
+    std::vector<Hit> hits;
+    for (int i = 0; i < r.rows(); ++i) {
+        Hit h;
+        h.entry = row_to_entry(r, i);
+        h.similarity = std::strtod(r.text(i, kEntryColumnCount).c_str(), nullptr);
+        h.score = std::strtod(r.text(i, kEntryColumnCount + 1).c_str(), nullptr);
+        hits.push_back(std::move(h));
+    }
+    return hits;
+}
+
+struct Query {
+    std::string vector;  // binary pgvector
+    int k;
+    double min_similarity;
+};
+
+Result<std::vector<Hit>> vector_search(db::Connection& conn, const Query& q, const Filters& filters,
+                                       const config::Config& config, int ef_search) {
+    db::Params params{db::Param::bytes(q.vector)};
+    std::string where = where_sql(filters, params);
+    params.push_back(std::to_string(q.k));
+    params.push_back(fmt::format("{}", 1.0 - q.min_similarity));
+    std::string limit = fmt::format("${}", params.size() - 1),
+                max_distance = fmt::format("${}", params.size());
+
+    bool exact = false;
+    if (has_filters(filters)) {
+        db::Params where_params;
+        auto rows = estimated_rows(conn, where_sql(filters, where_params), where_params);
+        if (!rows) return std::unexpected(rows.error());
+        exact = *rows <= config.search.exact_max_rows;
+    }
+    // Exact: "+ 0" keeps the planner from ordering through the HNSW index, so the filter's own
+    // indexes pick the rows and every match is ranked.
+    std::string exact_sql = fmt::format(
+        "SELECT {0}, 1 - d, 1 - d FROM (SELECT *, embedding <=> $1::vector AS d FROM "
+        "memory_entries WHERE {1} "
+        "ORDER BY (embedding <=> $1::vector) + 0 LIMIT {2}) t WHERE d <= {3}::float8 ORDER BY d, "
+        "id",
+        kEntryColumns, where, limit, max_distance);
+    if (!exact) {
+        if (auto ok = conn.set("hnsw.ef_search", std::to_string(ef_search)); !ok)
+            return std::unexpected(ok.error());
+        if (auto ok = conn.set("hnsw.iterative_scan",
+                               has_filters(filters) ? config.search.iterative_scan : "off");
+            !ok)
+            return std::unexpected(ok.error());
+        // Iterative scans may return rows slightly out of order: re-sort the few found.
+        std::string sql = fmt::format(
+            "SELECT {0}, 1 - d, 1 - d FROM (SELECT *, embedding <=> $1::vector AS d FROM "
+            "memory_entries WHERE {1} "
+            "ORDER BY embedding <=> $1::vector LIMIT {2}) t WHERE d <= {3}::float8 ORDER BY d, id",
+            kEntryColumns, where, limit, max_distance);
+        auto r = run(conn, sql, params);
+        if (!r) return std::unexpected(r.error());
+        auto hits = to_hits(*r);
+        if (static_cast<int>(hits.size()) >= q.k || !has_filters(filters)) return hits;
+        // Fewer than k: the index scan gave up early; never return fewer when more rows match.
+    }
+    auto r = run(conn, exact_sql, params);
+    if (!r) return std::unexpected(r.error());
+    return to_hits(*r);
+}
+
+Result<std::vector<Hit>> text_search(db::Connection& conn, const std::string& query,
+                                     const std::string* vector, int k, const Filters& filters) {
+    db::Params params{query};
+    std::string similarity = "0::float8";
+    if (vector) {
+        params.push_back(db::Param::bytes(*vector));
+        similarity = "1 - (embedding <=> $2::vector)";
+    }
+    std::string where = where_sql(filters, params);
+    params.push_back(std::to_string(k));
+    // websearch syntax ANDs the words; a long question rarely matches all of them, so when the
+    // strict query finds fewer than k, entries matching any word follow (unless it negates).
+    std::string sql = fmt::format(
+        "WITH q AS (SELECT websearch_to_tsquery('english', $1) AS strict, "
+        "CASE WHEN position('!' in websearch_to_tsquery('english', $1)::text) = 0 THEN "
+        "replace(websearch_to_tsquery('english', $1)::text, ' & ', ' | ')::tsquery END AS loose) "
+        "SELECT {0}, {1}, (content_tsv @@ q.strict)::int + ts_rank_cd(content_tsv, "
+        "coalesce(q.loose, q.strict), 1) "
+        "AS score FROM memory_entries, q WHERE (content_tsv @@ q.strict OR content_tsv @@ q.loose) "
+        "AND {2} "
+        "ORDER BY score DESC, id LIMIT ${3}",
+        kEntryColumns, similarity, where, params.size());
+    auto r = run(conn, sql, params);
+    if (!r) return std::unexpected(r.error());
+    return to_hits(*r);
+}
+
+}  // namespace
+
+Result<Mode> parse_mode(std::string_view name) {
+    if (name == "vector") return Mode::vector;
+    if (name == "text") return Mode::text;
+    if (name == "hybrid") return Mode::hybrid;
+    return fail(ErrorCode::invalid_argument, fmt::format("unknown search mode '{}'", name),
+                "use vector, text or hybrid");
+}
+
+std::string_view to_string(Mode mode) {
+    switch (mode) {
+        case Mode::vector:
+            return "vector";
+        case Mode::text:
+            return "text";
+        case Mode::hybrid:
+            return "hybrid";
+    }
+    return "hybrid";
+}
+
+Result<std::vector<Hit>> Store::search(const SearchRequest& request) {
+    int k = request.k == 0 ? config_.search.default_k : request.k;
+    if (k < 1 || k > config_.search.max_k) {
+        return fail(ErrorCode::invalid_argument,
+                    fmt::format("k must be between 1 and {}", config_.search.max_k),
+                    "ask for fewer results, or raise search.max_k");
+    }
+    int ef = request.ef_search.value_or(config_.search.ef_search);
+    if (ef < 1 || ef > 1000)
+        return fail(ErrorCode::invalid_argument, "ef_search must be between 1 and 1000");
+    if (request.min_similarity > 1.0 || request.min_similarity < -1.0 ||
+        std::isnan(request.min_similarity)) {
+        return fail(ErrorCode::invalid_argument, "min_similarity must be between -1 and 1");
+    }
+    if (auto ok = check_text("query", request.query,
+                             static_cast<std::size_t>(config_.store.max_content_bytes));
+        !ok)
+        return std::unexpected(ok.error());
+    std::string query = trim(request.query);
+    if (query.empty() && !request.query_vector)
+        return fail(ErrorCode::invalid_argument, "query is empty");
+    if (auto ok = check_filters(request.filters); !ok) return std::unexpected(ok.error());
+    Mode mode = request.mode.value_or(parse_mode(config_.search.mode).value_or(Mode::hybrid));
+    if (query.empty() && mode != Mode::vector) {
+        return fail(ErrorCode::invalid_argument, "text and hybrid search need query text");
+    }
+
+    embed::Vector vector;
+    if (request.query_vector) {
+        if (auto ok = check_vector(*request.query_vector, config_.embedding.dimensions); !ok)
+            return std::unexpected(ok.error());
+        vector = *request.query_vector;
+    } else {
+        auto embedded = embedder_.embed(std::vector<std::string>{query}, embed::Purpose::query);
+        if (!embedded) return std::unexpected(embedded.error());
+        if (embedded->size() != 1)
+            return fail(ErrorCode::internal, "the embedder returned no vector for the query");
+        if (auto ok = check_vector(embedded->front(), config_.embedding.dimensions); !ok) {
+            return fail(ErrorCode::internal,
+                        "the embedder returned a bad query vector: " + ok.error().message);
+        }
+        vector = std::move(embedded->front());
+    }
+    Query q{vector_binary(vector), k, request.min_similarity};
+
+    auto conn = pool_.acquire();
+    if (!conn) return std::unexpected(conn.error());
+    Result<std::vector<Hit>> hits;
+    if (mode == Mode::vector) {
+        hits = vector_search(**conn, q, request.filters, config_, ef);
+    } else if (mode == Mode::text) {
+        hits = text_search(**conn, query, &q.vector, k, request.filters);
+    } else {
+        int depth = std::max(k * kHybridDepthFactor, kHybridMinDepth);
+        Query deep = q;
+        deep.k = depth;
+        auto by_vector = vector_search(**conn, deep, request.filters, config_, std::max(ef, depth));
+        if (!by_vector) return by_vector;
+        auto by_text = text_search(**conn, query, &q.vector, depth, request.filters);
+        if (!by_text) return by_text;
+        // Reciprocal-rank fusion: score = sum over lists of 1 / (rrf_k + rank).
+        std::map<std::string, Hit> fused;
+        for (const auto* list : {&*by_vector, &*by_text}) {
+            for (std::size_t i = 0; i < list->size(); ++i) {
+                const Hit& h = (*list)[i];
+                auto [it, added] = fused.try_emplace(h.entry.id, h);
+                if (added) it->second.score = 0;
+                it->second.score += 1.0 / (config_.search.rrf_k + static_cast<double>(i) + 1);
+            }
+        }
+        std::vector<Hit> merged;
+        for (auto& [id, h] : fused) {
+            if (h.similarity >= request.min_similarity) merged.push_back(std::move(h));
+        }
+        std::sort(merged.begin(), merged.end(), [](const Hit& a, const Hit& b) {
+            return a.score != b.score ? a.score > b.score : a.entry.id < b.entry.id;
+        });
+        if (static_cast<int>(merged.size()) > k) merged.resize(static_cast<std::size_t>(k));
+        hits = std::move(merged);
+    }
+    if (!hits) return hits;
+    for (std::size_t i = 0; i < hits->size(); ++i) (*hits)[i].rank = static_cast<int>(i) + 1;
+    return hits;
+}
+
+}  // namespace ka::store

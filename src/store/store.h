@@ -1,0 +1,180 @@
+// The knowledge store: the only code that writes SQL for knowledge entries. CLI, HTTP, MCP and
+// the agent all call it, so dedup, validation, scoping and filters exist once.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <istream>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "config/config.h"
+#include "core/error.h"
+#include "db/pool.h"
+#include "embed/embedder.h"
+
+namespace ka::store {
+
+inline constexpr std::size_t kMaxScopeLength = 128;
+inline constexpr std::size_t kMaxTagLength = 128;
+inline constexpr std::size_t kMaxTags = 64;
+inline constexpr std::size_t kMaxFieldLength = 1024;  // source, author
+inline constexpr int kMaxListLimit = 1000;
+
+struct Entry {
+    std::string id;  // UUID
+    std::string scope;
+    std::string content;
+    nlohmann::json metadata = nlohmann::json::object();
+    std::vector<std::string> tags;
+    std::optional<std::string> source;
+    std::optional<std::string> author;
+    std::string embedding_model;
+    std::string created_at;  // RFC 3339, UTC
+    std::string updated_at;
+};
+
+struct NewEntry {
+    std::string content;
+    std::string scope;  // empty: store.default_scope
+    nlohmann::json metadata = nlohmann::json::object();
+    std::vector<std::string> tags;
+    std::optional<std::string> source;
+    std::optional<std::string> author;
+    std::optional<std::string> created_at;   // RFC 3339; default now
+    std::optional<std::string> updated_at;   // RFC 3339; default created_at (kept on import)
+    std::optional<std::string> id;           // keep an id on import; default a new UUIDv7
+    std::optional<embed::Vector> embedding;  // precomputed, must come from the store's model
+    std::optional<std::string> embedding_model;
+};
+
+struct Added {
+    Entry entry;
+    bool created = false;  // false: the same text already existed in the scope (dedup)
+};
+
+struct Patch {
+    std::optional<std::string> content;  // re-embedded when it changes
+    std::optional<nlohmann::json> metadata;
+    std::optional<std::vector<std::string>> tags;
+    std::optional<std::optional<std::string>> source;
+    std::optional<std::optional<std::string>> author;
+};
+
+// Restricts every read and write; `scopes` empty means all scopes.
+struct Filters {
+    std::vector<std::string> scopes;
+    std::vector<std::string> tags;  // entries carrying all of them
+    std::optional<std::string> source;
+    std::optional<std::string> created_after;   // RFC 3339, inclusive
+    std::optional<std::string> created_before;  // exclusive
+};
+
+enum class Mode { vector, text, hybrid };
+Result<Mode> parse_mode(std::string_view name);
+std::string_view to_string(Mode mode);
+
+struct SearchRequest {
+    std::string query;
+    int k = 0;  // 0: search.default_k
+    Filters filters;
+    double min_similarity = -1.0;               // cosine similarity floor (vector and hybrid)
+    std::optional<Mode> mode;                   // default search.mode
+    std::optional<int> ef_search;               // default search.ef_search
+    std::optional<embed::Vector> query_vector;  // search by a precomputed embedding instead
+};
+
+struct Hit {
+    Entry entry;
+    double similarity = 0;  // 1 - cosine distance
+    int rank = 0;           // 1-based
+    double score = 0;       // mode-specific: similarity, text rank, or fused RRF score
+};
+
+struct ListRequest {
+    Filters filters;
+    int limit = 50;
+    std::string cursor;  // from the previous page; empty for the first
+};
+
+struct Page {
+    std::vector<Entry> entries;
+    std::string next_cursor;  // empty on the last page
+};
+
+struct Stats {
+    struct Scope {
+        std::string scope;
+        long long entries = 0;
+    };
+    std::vector<Scope> scopes;
+    long long entries = 0;
+    std::string table_size;
+    std::string index_size;
+    std::string embedding_model;
+};
+
+inline constexpr std::size_t kMaxImportLineBytes = 16 * 1024 * 1024;
+
+struct ImportOptions {
+    std::string default_scope;  // for lines without scope; empty: store.default_scope
+    int batch_size = 500;
+    std::function<void(std::uint64_t bytes_read, std::uint64_t lines)> progress;
+};
+
+struct ImportReport {
+    std::uint64_t lines = 0;
+    std::uint64_t added = 0;
+    std::uint64_t duplicates = 0;
+    struct Rejected {
+        std::uint64_t line = 0;
+        std::string reason;
+    };
+    std::vector<Rejected> rejected;
+};
+
+// The JSON form of an entry used by the CLI, the HTTP API and export.
+nlohmann::json to_json(const Entry& entry);
+nlohmann::json to_json(const Hit& hit);
+
+class Store {
+  public:
+    Store(db::Pool& pool, embed::Embedder& embedder, const config::Config& config);
+
+    // Fails fast when stored entries were embedded by another model than the embedder's.
+    Status check_model();
+
+    Result<Added> add(NewEntry entry);
+    Result<std::vector<Added>> add_batch(std::vector<NewEntry> entries);
+    Result<Entry> get(const std::string& id, const Filters& within = {});
+    Result<Entry> update(const std::string& id, const Patch& patch, const Filters& within = {});
+    Status remove(const std::string& id, const Filters& within = {});
+    Result<Page> list(const ListRequest& request);
+    Result<long long> count(const Filters& filters);
+    Result<std::vector<Hit>> search(const SearchRequest& request);
+    Result<Stats> stats();
+
+    // JSONL in, one entry per line; bad lines are reported, never half-written.
+    Result<ImportReport> import_jsonl(std::istream& in, const ImportOptions& options);
+    // JSONL out with embeddings and model names: importing it reproduces the store. Without
+    // embeddings, importing it re-embeds every entry (moving to another model).
+    Result<std::uint64_t> export_jsonl(std::ostream& out, const Filters& filters,
+                                       bool with_embeddings = true);
+
+    // Rebuilds idx_memory_entries_embedding with the configured m / ef_construction.
+    Status reindex();
+
+    const config::Config& config() const { return config_; }
+    embed::Embedder& embedder() { return embedder_; }
+
+  private:
+    db::Pool& pool_;
+    embed::Embedder& embedder_;
+    const config::Config& config_;
+};
+
+}  // namespace ka::store

@@ -1,0 +1,224 @@
+// Bulk import and export as JSON Lines, one entry per line.
+#include <set>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "store/internal.h"
+#include "store/store.h"
+
+namespace ka::store {
+namespace {
+
+using namespace detail;
+using nlohmann::json;
+
+constexpr int kExportFetch = 1000;
+
+// One import line -> a validated entry, or the reason it is rejected.
+Result<NewEntry> parse_line(const std::string& line, const std::string& default_scope,
+                            const config::Config& config) {
+    auto bad = [](std::string why) {
+        return std::unexpected(Error{ErrorCode::invalid_argument, std::move(why), "", {}});
+    };
+    if (line.size() > kMaxImportLineBytes)
+        return bad(fmt::format("line is longer than {} bytes", kMaxImportLineBytes));
+    json j = json::parse(line, nullptr, false);
+    if (j.is_discarded()) return bad("not valid JSON");
+    if (!j.is_object()) return bad("expected a JSON object");
+    NewEntry e;
+    e.scope = default_scope;
+    auto string_field = [&](const char* name, auto& target) -> Status {
+        const json& v = j[name];
+        if (v.is_null()) return {};
+        if (!v.is_string())
+            return std::unexpected(Error{
+                ErrorCode::invalid_argument, fmt::format("{} must be a string", name), "", {}});
+        target = v.get<std::string>();
+        return {};
+    };
+    for (const auto& [key, value] : j.items()) {
+        static const std::set<std::string, std::less<>> known = {
+            "id",     "scope",      "content",    "metadata",  "tags",           "source",
+            "author", "created_at", "updated_at", "embedding", "embedding_model"};
+        if (!known.contains(key)) return bad(fmt::format("unknown field '{}'", key));
+    }
+    if (!j.contains("content")) return bad("missing field 'content'");
+    if (!j["content"].is_string()) return bad("content must be a string");
+    e.content = j["content"].get<std::string>();
+    if (j.contains("scope") && !j["scope"].is_null()) {
+        if (!j["scope"].is_string()) return bad("scope must be a string");
+        e.scope = j["scope"].get<std::string>();
+    }
+    for (auto [name, target] : {std::pair{"source", &e.source},
+                                {"author", &e.author},
+                                {"created_at", &e.created_at},
+                                {"updated_at", &e.updated_at},
+                                {"id", &e.id},
+                                {"embedding_model", &e.embedding_model}}) {
+        if (!j.contains(name)) continue;
+        if (auto ok = string_field(name, *target); !ok) return std::unexpected(ok.error());
+    }
+    if (j.contains("metadata") && !j["metadata"].is_null()) {
+        if (!j["metadata"].is_object()) return bad("metadata must be a JSON object");
+        e.metadata = j["metadata"];
+    }
+    if (j.contains("tags") && !j["tags"].is_null()) {
+        if (!j["tags"].is_array()) return bad("tags must be an array of strings");
+        for (const auto& t : j["tags"]) {
+            if (!t.is_string()) return bad("tags must be an array of strings");
+            e.tags.push_back(t.get<std::string>());
+        }
+    }
+    if (j.contains("embedding") && !j["embedding"].is_null()) {
+        if (!j["embedding"].is_array()) return bad("embedding must be an array of numbers");
+        embed::Vector v;
+        v.reserve(j["embedding"].size());
+        for (const auto& x : j["embedding"]) {
+            if (!x.is_number()) return bad("embedding must be an array of numbers");
+            v.push_back(x.get<float>());
+        }
+        e.embedding = std::move(v);
+    }
+    if (auto ok = normalise(e, config); !ok) return std::unexpected(ok.error());
+    return e;
+}
+
+}  // namespace
+
+json to_json(const Entry& e) {
+    return {{"id", e.id},
+            {"scope", e.scope},
+            {"content", e.content},
+            {"metadata", e.metadata},
+            {"tags", e.tags},
+            {"source", e.source ? json(*e.source) : json(nullptr)},
+            {"author", e.author ? json(*e.author) : json(nullptr)},
+            {"embedding_model", e.embedding_model},
+            {"created_at", e.created_at},
+            {"updated_at", e.updated_at}};
+}
+
+json to_json(const Hit& h) {
+    json j = to_json(h.entry);
+    j["rank"] = h.rank;
+    j["similarity"] = h.similarity;
+    j["score"] = h.score;
+    return j;
+}
+
+Result<ImportReport> Store::import_jsonl(std::istream& in, const ImportOptions& options) {
+    ImportReport report;
+    std::string default_scope =
+        options.default_scope.empty() ? config_.store.default_scope : options.default_scope;
+    if (auto ok = check_scope(default_scope); !ok) return std::unexpected(ok.error());
+    std::vector<NewEntry> batch;
+    std::vector<std::uint64_t> batch_lines;
+    std::uint64_t bytes = 0;
+
+    auto tally = [&](const std::vector<Added>& added) {
+        for (const auto& a : added) ++(a.created ? report.added : report.duplicates);
+    };
+    // A batch is one transaction. When the database refuses it, each line is retried alone so
+    // the bad ones are reported and the good ones still land; an unreachable provider or
+    // database stops the import (re-running it skips what was already imported).
+    auto flush = [&]() -> Status {
+        if (batch.empty()) return {};
+        auto added = add_batch(batch);
+        if (added) {
+            tally(*added);
+        } else if (added.error().code == ErrorCode::unavailable) {
+            Error e = added.error();
+            e.message =
+                fmt::format("import stopped at line {}: {}", batch_lines.front(), e.message);
+            e.hint =
+                "fix the cause and run the same import again: lines already imported are skipped "
+                "as duplicates";
+            return std::unexpected(e);
+        } else {
+            for (std::size_t i = 0; i < batch.size(); ++i) {
+                auto one = add_batch({batch[i]});
+                if (one) {
+                    tally(*one);
+                } else if (one.error().code == ErrorCode::unavailable) {
+                    return std::unexpected(one.error());
+                } else {
+                    report.rejected.push_back({batch_lines[i], one.error().message});
+                }
+            }
+        }
+        batch.clear();
+        batch_lines.clear();
+        if (options.progress) options.progress(bytes, report.lines);
+        return {};
+    };
+
+    for (std::string line; std::getline(in, line);) {
+        ++report.lines;
+        bytes += line.size() + 1;
+        if (trim(line).empty()) continue;
+        auto entry = parse_line(line, default_scope, config_);
+        if (!entry) {
+            report.rejected.push_back({report.lines, entry.error().message});
+            continue;
+        }
+        batch.push_back(std::move(*entry));
+        batch_lines.push_back(report.lines);
+        if (static_cast<int>(batch.size()) >= options.batch_size) {
+            if (auto ok = flush(); !ok) return std::unexpected(ok.error());
+        }
+    }
+    if (auto ok = flush(); !ok) return std::unexpected(ok.error());
+    return report;
+}
+
+Result<std::uint64_t> Store::export_jsonl(std::ostream& out, const Filters& filters,
+                                          bool with_embeddings) {
+    if (auto ok = check_filters(filters); !ok) return std::unexpected(ok.error());
+    auto conn = pool_.acquire();
+    if (!conn) return std::unexpected(conn.error());
+    auto& c = **conn;
+    db::Params params;
+    std::string where = where_sql(filters, params);
+    // One snapshot for the whole export, read through a cursor so memory stays flat.
+    if (auto ok = c.exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); !ok)
+        return std::unexpected(ok.error());
+    auto abort = [&](Error e) -> Result<std::uint64_t> {
+        (void)c.exec("ROLLBACK");
+        return std::unexpected(std::move(e));
+    };
+    auto declared =
+        c.exec(fmt::format("DECLARE ka_export NO SCROLL CURSOR FOR SELECT {}, embedding::text FROM "
+                           "memory_entries WHERE {} ORDER BY created_at, id",
+                           kEntryColumns, where),
+               params);
+    if (!declared) return abort(declared.error());
+    std::uint64_t written = 0;
+    while (true) {
+        auto rows = c.exec(fmt::format("FETCH {} FROM ka_export", kExportFetch));
+        if (!rows) return abort(rows.error());
+        for (int i = 0; i < rows->rows(); ++i) {
+            Entry e = row_to_entry(*rows, i);
+            json j = to_json(e);
+            j.erase("embedding_model");  // written beside the embedding below, or dropped
+            std::string line = j.dump();
+            if (with_embeddings) {
+                // pgvector prints each float in its shortest exact form, which is valid JSON.
+                line.pop_back();
+                line +=
+                    fmt::format(",\"embedding_model\":{},\"embedding\":{}}}",
+                                json(e.embedding_model).dump(), rows->get(i, kEntryColumnCount));
+            }
+            out << line << '\n';
+            ++written;
+        }
+        if (rows->rows() < kExportFetch) break;
+    }
+    if (auto ok = c.exec("COMMIT"); !ok) return std::unexpected(ok.error());
+    if (!out)
+        return fail(ErrorCode::unavailable,
+                    "cannot write the export (disk full or closed output?)");
+    return written;
+}
+
+}  // namespace ka::store

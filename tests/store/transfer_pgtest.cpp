@@ -1,0 +1,152 @@
+// Import and export: round trip, bad lines, re-runs, batches that fail as a whole.
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "db/startup.h"
+#include "store/store.h"
+#include "support/pg.h"
+#include "support/test_embedder.h"
+
+namespace ka::store {
+namespace {
+
+using test::contains;
+
+class Transfer : public ::testing::Test {
+  protected:
+    test::TestDatabase db;
+    config::Config config = test::config_for(db.url());
+    test::TestEmbedder embedder;
+    std::unique_ptr<db::Pool> pool;
+    std::unique_ptr<Store> store;
+    void SetUp() override {
+        auto conn = db.connect();
+        ASSERT_TRUE(db::prepare_schema(conn, config, true));
+        pool = std::make_unique<db::Pool>(db::Target{db.url(), db.name(), false}, 2, 10);
+        store = std::make_unique<Store>(*pool, embedder, config);
+    }
+    ImportReport import(const std::string& text, int batch = 500) {
+        std::istringstream in(text);
+        auto r = store->import_jsonl(in, {"", batch, {}});
+        if (!r) throw std::runtime_error(r.error().message);
+        return *r;
+    }
+};
+
+constexpr const char* kGood =
+    R"({"content": "Deploys are on Tuesdays", "tags": ["deploy"], "metadata": {"team": "ops"}, "source": "wiki"}
+{"content": "Rollback with make rollback", "scope": "ops", "created_at": "2026-01-02T03:04:05.123456Z", "author": "ana"}
+{"content": "On-call rotates every Monday"}
+)";
+
+TEST_F(Transfer, ImportsAndIsSafeToRerun) {
+    auto first = import(kGood);
+    EXPECT_EQ(first.lines, 3u);
+    EXPECT_EQ(first.added, 3u);
+    EXPECT_TRUE(first.rejected.empty());
+    auto again = import(kGood);
+    EXPECT_EQ(again.added, 0u);
+    EXPECT_EQ(again.duplicates, 3u);
+    EXPECT_EQ(*store->count({}), 3);
+    auto rollback = store->search({"rollback", 1, {}, -1, Mode::text, {}, {}});
+    ASSERT_TRUE(rollback && rollback->size() == 1);
+    EXPECT_EQ((*rollback)[0].entry.scope, "ops");
+    EXPECT_EQ((*rollback)[0].entry.created_at, "2026-01-02T03:04:05.123456Z");
+    EXPECT_EQ((*rollback)[0].entry.author, "ana");
+}
+
+TEST_F(Transfer, BadLinesAreReportedAndNeverHalfWritten) {
+    std::string text =
+        "{\"content\": \"fine one\"}\n"
+        "not json\n"
+        "[1, 2]\n"
+        "{\"text\": \"wrong field name\"}\n"
+        "{\"content\": 42}\n"
+        "{\"content\": \"bad tags\", \"tags\": \"x\"}\n"
+        "{\"content\": \"bad date\", \"created_at\": \"last week\"}\n"
+        "{\"content\": \"short vector\", \"embedding\": [1, 2, 3]}\n"
+        "{\"content\": \"\\u0000 nul\"}\n"
+        "{\"content\": \"bad scope\", \"scope\": \"a b\"}\n"
+        "\n"
+        "{\"content\": \"fine two\", \"tags\": [\"t\"]}\n"
+        "{\"content\": \"foreign model\", \"embedding\": " +
+        nlohmann::json(std::vector<float>(768, 0.5f)).dump() +
+        ", \"embedding_model\": \"other\"}\n";
+    auto r = import(text, 2);
+    EXPECT_EQ(r.lines, 13u);
+    EXPECT_EQ(r.added, 2u);
+    std::map<std::uint64_t, std::string> rejected;
+    for (const auto& x : r.rejected) rejected[x.line] = x.reason;
+    EXPECT_EQ(rejected.size(), 10u);
+    EXPECT_EQ(rejected[2], "not valid JSON");
+    EXPECT_EQ(rejected[3], "expected a JSON object");
+    EXPECT_EQ(rejected[4], "unknown field 'text'");
+    EXPECT_EQ(rejected[5], "content must be a string");
+    EXPECT_EQ(rejected[6], "tags must be an array of strings");
+    EXPECT_TRUE(contains(rejected[7], "RFC 3339"));
+    EXPECT_TRUE(contains(rejected[8], "3 dimensions"));
+    EXPECT_TRUE(contains(rejected[9], "NUL byte"));
+    EXPECT_TRUE(contains(rejected[10], "scope 'a b'"));
+    EXPECT_TRUE(contains(rejected[13], "made by model other")) << rejected[13];
+    EXPECT_EQ(*store->count({}), 2);
+}
+
+TEST_F(Transfer, ProviderOutageStopsTheImportAndARerunCompletesIt) {
+    std::string text;
+    for (int i = 0; i < 10; ++i)
+        text += "{\"content\": \"fact number " + std::to_string(i) + "\"}\n";
+    embedder.failing = true;
+    std::istringstream in(text);
+    auto r = store->import_jsonl(in, {"", 4, {}});
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, ErrorCode::unavailable);
+    EXPECT_TRUE(contains(r.error().message, "import stopped at line 1"));
+    EXPECT_EQ(*store->count({}), 0);
+    embedder.failing = false;
+    auto done = import(text, 4);
+    EXPECT_EQ(done.added, 10u);
+}
+
+TEST_F(Transfer, ExportThenImportIntoAnEmptyDatabaseReproducesEverything) {
+    import(kGood);
+    import(
+        "{\"content\": \"quoted \\\"text\\\" and unicode: caf\\u00e9 \\u2603\", \"tags\": "
+        "[\"a,b\", \"c\\\"d\"]}\n");
+    std::ostringstream exported;
+    ASSERT_EQ(*store->export_jsonl(exported, {}), 4u);
+    EXPECT_TRUE(contains(exported.str(), "\"embedding_model\":\"test-words-v1\""));
+
+    test::TestDatabase other;
+    auto other_config = test::config_for(other.url());
+    auto conn = other.connect();
+    ASSERT_TRUE(db::prepare_schema(conn, other_config, true));
+    db::Pool other_pool(db::Target{other.url(), other.name(), false}, 2, 10);
+    test::TestEmbedder other_embedder;
+    Store copy(other_pool, other_embedder, other_config);
+    std::istringstream in(exported.str());
+    auto r = copy.import_jsonl(in, {"", 500, {}});
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->added, 4u);
+    EXPECT_EQ(other_embedder.calls, 0) << "exported embeddings are reused, not recomputed";
+
+    const char* digest =
+        "SELECT md5(string_agg(concat_ws('|', id, scope, content, encode(content_hash, 'hex'), "
+        "metadata::text, "
+        "tags::text, source, author, embedding::text, embedding_model, created_at, updated_at), "
+        "E'\\n' ORDER BY id)) "
+        "FROM memory_entries";
+    EXPECT_EQ(db.sql(digest).text(0, 0), other.sql(digest).text(0, 0))
+        << "the copy is identical, embeddings included";
+
+    std::ostringstream again;
+    ASSERT_TRUE(copy.export_jsonl(again, {}));
+    EXPECT_EQ(again.str(), exported.str());
+
+    std::ostringstream bare;
+    ASSERT_TRUE(store->export_jsonl(bare, {}, false));
+    EXPECT_FALSE(contains(bare.str(), "embedding"));
+}
+
+}  // namespace
+}  // namespace ka::store
