@@ -13,7 +13,8 @@ constexpr std::array<std::string_view, 4> kLogLevels = {"debug", "info", "warn",
 constexpr std::array<std::string_view, 2> kLogFormats = {"console", "json"};
 constexpr std::array<std::string_view, 3> kProviders = {"builtin", "ollama", "openai"};
 constexpr std::array<std::string_view, 3> kSearchModes = {"vector", "text", "hybrid"};
-constexpr std::array<std::string_view, 3> kIterativeScans = {"off", "relaxed_order", "strict_order"};
+constexpr std::array<std::string_view, 3> kIterativeScans = {"off", "relaxed_order",
+                                                             "strict_order"};
 
 #define KA_FIELD(member) [](Config& c) -> FieldRef { return &c.member; }
 
