@@ -1,9 +1,12 @@
 // Embedding providers behind one interface: builtin (in-process, lexical), ollama, openai.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "config/config.h"
@@ -17,6 +20,17 @@ enum class Purpose { document, query };
 
 using Vector = std::vector<float>;
 
+// Document frequencies of lexical features, kept by the store, for query-side weighting.
+struct TermFrequencies {
+    double documents = 0;                         // entries in the store
+    std::unordered_map<std::int64_t, double> df;  // entries containing each feature
+};
+class TermStats {
+  public:
+    virtual ~TermStats() = default;
+    virtual Result<TermFrequencies> lookup(const std::vector<std::int64_t>& features) = 0;
+};
+
 class Embedder {
   public:
     virtual ~Embedder() = default;
@@ -27,6 +41,11 @@ class Embedder {
     // unavailable (retry later), invalid_argument (bad input), internal (bad provider answer).
     virtual Result<std::vector<Vector>> embed(std::span<const std::string> texts,
                                               Purpose purpose) = 0;
+
+    // Lexical embedders only: the features of a text whose document frequencies the store
+    // keeps (sorted, unique), and where to read them when weighting queries.
+    virtual std::vector<std::int64_t> term_features(std::string_view) const { return {}; }
+    virtual void set_term_stats(TermStats*) {}
 };
 
 // The provider named by embedding.provider, configured from the embedding.* keys.
