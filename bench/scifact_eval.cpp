@@ -86,6 +86,10 @@ int main(int argc, char** argv) {
     }
     ka::db::Pool pool(conn->target(), 2, config->postgres.connect_timeout);
     ka::store::Store store(pool, **embedder, *config);
+    if (auto ok = store.prepare(); !ok) {
+        std::cerr << ok.error().message << "\n";
+        return 1;
+    }
     ka::store::Filters scope;
     scope.scopes = {std::string(kScope)};
 

@@ -81,7 +81,7 @@ std::unique_ptr<Services> open_services(const Globals& g, int& exit) {
                                                 services->config.postgres.connect_timeout);
     services->store =
         std::make_unique<store::Store>(*services->pool, *services->embedder, services->config);
-    if (auto ok = services->store->check_model(); !ok) {
+    if (auto ok = services->store->prepare(); !ok) {
         exit = report("Embedding model mismatch", ok.error());
         return nullptr;
     }

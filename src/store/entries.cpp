@@ -100,15 +100,22 @@ constexpr std::string_view kStageTable =
     "embedding vector, "
     "embedding_model text) ON COMMIT DELETE ROWS";
 
+// One statement: the entry and, when it is new, its features' document frequencies.
 std::string insert_values_sql() {
     return fmt::format(
-        "INSERT INTO memory_entries (id, scope, content, content_hash, metadata, tags, source, "
+        "WITH ins AS (INSERT INTO memory_entries (id, scope, content, content_hash, metadata, "
+        "tags, source, "
         "author, embedding, "
         "embedding_model, created_at, updated_at) VALUES ($1::uuid, $2, $3, $4, $5::jsonb, "
         "$6::text[], $7, $8, "
         "$9::vector, $10, coalesce($11::timestamptz, now()), coalesce($12::timestamptz, "
         "$11::timestamptz, now())) "
-        "ON CONFLICT DO NOTHING RETURNING {}",
+        "ON CONFLICT DO NOTHING RETURNING {}), "
+        "stats AS (INSERT INTO memory_term_stats (feature, df) SELECT f, 1 FROM "
+        "unnest($13::bigint[]) AS f "
+        "WHERE EXISTS (SELECT 1 FROM ins) ON CONFLICT (feature) DO UPDATE SET df = "
+        "memory_term_stats.df + 1) "
+        "SELECT * FROM ins",
         kEntryColumns);
 }
 
@@ -143,7 +150,16 @@ Status fill_embeddings(std::vector<NewEntry>& entries, embed::Embedder& embedder
 }  // namespace
 
 Store::Store(db::Pool& pool, embed::Embedder& embedder, const config::Config& config)
-    : pool_(pool), embedder_(embedder), config_(config) {}
+    : pool_(pool),
+      embedder_(embedder),
+      config_(config),
+      term_stats_(std::make_unique<StoreTermStats>(pool)) {
+    embedder_.set_term_stats(term_stats_.get());
+}
+
+Store::~Store() {
+    embedder_.set_term_stats(nullptr);
+}
 
 Status Store::check_model() {
     auto conn = pool_.acquire();
@@ -170,6 +186,52 @@ Status Store::check_model() {
     return std::unexpected(e);
 }
 
+Status Store::prepare() {
+    if (auto ok = check_model(); !ok) return ok;
+    if (embedder_.term_features("probe").empty()) return {};
+    auto conn = pool_.acquire();
+    if (!conn) return std::unexpected(conn.error());
+    auto& c = **conn;
+    auto needed = c.exec(
+        "SELECT NOT EXISTS (SELECT 1 FROM memory_term_stats) AND EXISTS (SELECT 1 FROM "
+        "memory_entries)");
+    if (!needed) return std::unexpected(needed.error());
+    if (!needed->boolean(0, 0)) return {};
+    // One transaction that locks the table: a concurrent start waits, then finds it filled.
+    if (auto ok = c.exec("BEGIN"); !ok) return std::unexpected(ok.error());
+    auto abort = [&](Error e) -> Status {
+        (void)c.exec("ROLLBACK");
+        return std::unexpected(std::move(e));
+    };
+    if (auto ok = c.exec("LOCK TABLE memory_term_stats IN EXCLUSIVE MODE"); !ok)
+        return abort(ok.error());
+    auto still = c.exec("SELECT NOT EXISTS (SELECT 1 FROM memory_term_stats)");
+    if (!still) return abort(still.error());
+    if (still->boolean(0, 0)) {
+        log::info("Building term statistics for existing entries");
+        if (auto ok =
+                c.exec("DECLARE ka_terms NO SCROLL CURSOR FOR SELECT content FROM memory_entries");
+            !ok)
+            return abort(ok.error());
+        TermDelta delta;
+        std::size_t entries = 0;
+        while (true) {
+            auto rows = c.exec("FETCH 1000 FROM ka_terms");
+            if (!rows) return abort(rows.error());
+            for (int i = 0; i < rows->rows(); ++i)
+                count_terms(delta, embedder_.term_features(rows->get(i, 0)), 1);
+            entries += static_cast<std::size_t>(rows->rows());
+            if (rows->rows() < 1000) break;
+        }
+        if (auto ok = c.exec("CLOSE ka_terms"); !ok) return abort(ok.error());
+        if (auto ok = apply_term_delta(c, delta); !ok) return abort(ok.error());
+        log::info("Term statistics built", {{"entries", std::to_string(entries)},
+                                            {"features", std::to_string(delta.size())}});
+    }
+    if (auto ok = c.exec("COMMIT"); !ok) return std::unexpected(ok.error());
+    return {};
+}
+
 Result<Added> Store::add(NewEntry entry) {
     if (auto ok = normalise(entry, config_); !ok) return std::unexpected(ok.error());
     std::string hash = sha256(entry.content);
@@ -186,11 +248,12 @@ Result<Added> Store::add(NewEntry entry) {
     if (auto ok = fill_embeddings(one, embedder_, config_.embedding.dimensions); !ok)
         return std::unexpected(ok.error());
     NewEntry& e = one.front();
-    auto inserted = run(**conn, insert_values_sql(),
-                        {e.id.value_or(new_uuid_v7()), e.scope, e.content, db::Param::bytes(hash),
-                         e.metadata.dump(), text_array_literal(e.tags), e.source, e.author,
-                         db::Param::bytes(vector_binary(*e.embedding)), embedder_.model(),
-                         e.created_at, e.updated_at});
+    auto inserted =
+        run(**conn, insert_values_sql(),
+            {e.id.value_or(new_uuid_v7()), e.scope, e.content, db::Param::bytes(hash),
+             e.metadata.dump(), text_array_literal(e.tags), e.source, e.author,
+             db::Param::bytes(vector_binary(*e.embedding)), embedder_.model(), e.created_at,
+             e.updated_at, bigint_array_literal(embedder_.term_features(e.content))});
     if (!inserted) return std::unexpected(inserted.error());
     if (inserted->rows() == 1) return Added{row_to_entry(*inserted, 0), true};
     // Lost a race with a concurrent save of the same text, or the id exists already.
@@ -262,14 +325,18 @@ Result<std::vector<Added>> Store::add_batch(std::vector<NewEntry> entries) {
         "memory_entries m WHERE m.scope = s.scope AND m.content_hash = s.content_hash) e",
         kEntryColumns));
     if (!rows) return rollback(rows.error());
-    if (auto ok = c.exec("COMMIT"); !ok) return std::unexpected(ok.error());
-
     std::vector<std::optional<Added>> by_ord(entries.size());
+    TermDelta delta;
     for (int i = 0; i < rows->rows(); ++i) {
         Entry entry = row_to_entry(*rows, i, 1);
-        bool is_new = created.contains(entry.id);
+        // created.erase: the same text twice in one batch counts once.
+        bool is_new = created.erase(entry.id) == 1;
+        if (is_new) count_terms(delta, embedder_.term_features(entry.content), 1);
         by_ord[static_cast<std::size_t>(rows->integer(i, 0))] = Added{std::move(entry), is_new};
     }
+    if (auto ok = apply_term_delta(c, delta); !ok) return rollback(ok.error());
+    if (auto ok = c.exec("COMMIT"); !ok) return std::unexpected(ok.error());
+
     std::vector<Added> out;
     for (std::size_t i = 0; i < by_ord.size(); ++i) {
         if (!by_ord[i]) {
@@ -279,11 +346,6 @@ Result<std::vector<Added>> Store::add_batch(std::vector<NewEntry> entries) {
                             i + 1, entries[i].id.value_or("?")));
         }
         out.push_back(std::move(*by_ord[i]));
-    }
-    // The same text twice in one batch: the second is a duplicate of the first.
-    std::set<std::string> seen;
-    for (auto& a : out) {
-        if (a.created && !seen.insert(a.entry.id).second) a.created = false;
     }
     return out;
 }
@@ -305,17 +367,13 @@ Result<Entry> Store::get(const std::string& id, const Filters& within) {
 Result<Entry> Store::update(const std::string& id, const Patch& patch, const Filters& within) {
     auto current = get(id, within);
     if (!current) return current;
-    NewEntry next{patch.content.value_or(current->content),
-                  current->scope,
-                  patch.metadata.value_or(current->metadata),
-                  patch.tags.value_or(current->tags),
-                  patch.source.value_or(current->source),
-                  patch.author.value_or(current->author),
-                  {},
-                  {},
-                  {},
-                  {},
-                  {}};
+    NewEntry next;
+    next.content = patch.content.value_or(current->content);
+    next.scope = current->scope;
+    next.metadata = patch.metadata.value_or(current->metadata);
+    next.tags = patch.tags.value_or(current->tags);
+    next.source = patch.source.value_or(current->source);
+    next.author = patch.author.value_or(current->author);
     if (auto ok = normalise(next, config_); !ok) return std::unexpected(ok.error());
     bool reembed = next.content != current->content;
     db::Params params{id, next.metadata.dump(), text_array_literal(next.tags), next.source,
@@ -332,35 +390,66 @@ Result<Entry> Store::update(const std::string& id, const Patch& patch, const Fil
         params.push_back(embedder_.model());
         set += ", content = $6, content_hash = $7, embedding = $8::vector, embedding_model = $9";
     }
-    std::string sql =
-        fmt::format("UPDATE memory_entries SET {} WHERE id = $1::uuid AND {} RETURNING {}", set,
-                    where_sql(within, params), kEntryColumns);
+    // The old content comes back too, to move document frequencies from its words to the new ones.
+    std::string sql = fmt::format(
+        "UPDATE memory_entries SET {} FROM (SELECT id AS old_id, content AS old_content FROM "
+        "memory_entries WHERE id = "
+        "$1::uuid FOR UPDATE) o WHERE id = o.old_id AND {} RETURNING {}, o.old_content",
+        set, where_sql(within, params), kEntryColumns);
     auto conn = pool_.acquire();
     if (!conn) return std::unexpected(conn.error());
-    auto r = run(**conn, sql, params);
+    auto& c = **conn;
+    if (auto ok = c.exec("BEGIN"); !ok) return std::unexpected(ok.error());
+    auto r = run(c, sql, params);
     if (!r) {
+        (void)c.exec("ROLLBACK");
         if (r.error().code == ErrorCode::conflict) {
             return fail(ErrorCode::conflict, "another entry in this scope already has that content",
                         "search for it and update or delete that entry instead");
         }
         return std::unexpected(r.error());
     }
-    if (r->rows() == 0) return std::unexpected(not_found(id));
-    return row_to_entry(*r, 0);
+    if (r->rows() == 0) {
+        (void)c.exec("ROLLBACK");
+        return std::unexpected(not_found(id));
+    }
+    Entry updated = row_to_entry(*r, 0);
+    std::string old_content = r->text(0, kEntryColumnCount);
+    if (old_content != updated.content) {
+        TermDelta delta;
+        count_terms(delta, embedder_.term_features(old_content), -1);
+        count_terms(delta, embedder_.term_features(updated.content), 1);
+        if (auto ok = apply_term_delta(c, delta); !ok) {
+            (void)c.exec("ROLLBACK");
+            return std::unexpected(ok.error());
+        }
+    }
+    if (auto ok = c.exec("COMMIT"); !ok) return std::unexpected(ok.error());
+    return updated;
 }
 
 Status Store::remove(const std::string& id, const Filters& within) {
     if (auto ok = check_id(id); !ok) return ok;
     if (auto ok = check_filters(within); !ok) return ok;
     db::Params params{id};
-    std::string sql =
-        "DELETE FROM memory_entries WHERE id = $1::uuid AND " + where_sql(within, params);
+    std::string sql = "DELETE FROM memory_entries WHERE id = $1::uuid AND " +
+                      where_sql(within, params) + " RETURNING content";
     auto conn = pool_.acquire();
     if (!conn) return std::unexpected(conn.error());
-    auto r = run(**conn, sql, params);
-    if (!r) return std::unexpected(r.error());
-    if (std::string_view(PQcmdTuples(const_cast<PGresult*>(r->raw()))) == "0")
-        return std::unexpected(not_found(id));
+    auto& c = **conn;
+    if (auto ok = c.exec("BEGIN"); !ok) return std::unexpected(ok.error());
+    auto r = run(c, sql, params);
+    if (!r || r->rows() == 0) {
+        (void)c.exec("ROLLBACK");
+        return r ? std::unexpected(not_found(id)) : std::unexpected(r.error());
+    }
+    TermDelta delta;
+    count_terms(delta, embedder_.term_features(r->text(0, 0)), -1);
+    if (auto ok = apply_term_delta(c, delta); !ok) {
+        (void)c.exec("ROLLBACK");
+        return ok;
+    }
+    if (auto ok = c.exec("COMMIT"); !ok) return std::unexpected(ok.error());
     return {};
 }
 

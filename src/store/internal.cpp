@@ -367,3 +367,62 @@ Result<std::vector<embed::Vector>> embed_documents(embed::Embedder& embedder,
 }
 
 }  // namespace ka::store::detail
+
+namespace ka::store::detail {
+
+void count_terms(TermDelta& delta, const std::vector<std::int64_t>& features, int sign) {
+    for (auto f : features) delta[f] += sign;
+}
+
+std::string bigint_array_literal(const std::vector<std::int64_t>& values) {
+    return fmt::format("{{{}}}", fmt::join(values, ","));
+}
+
+Status apply_term_delta(db::Connection& conn, const TermDelta& delta) {
+    std::vector<std::int64_t> up, up_n, down, down_n;
+    for (const auto& [feature, n] : delta) {
+        if (n > 0) up.push_back(feature), up_n.push_back(n);
+        if (n < 0) down.push_back(feature), down_n.push_back(n);
+    }
+    if (!up.empty()) {
+        auto r = run(conn,
+                     "INSERT INTO memory_term_stats (feature, df) SELECT f, d FROM "
+                     "unnest($1::bigint[], $2::int[]) "
+                     "AS t(f, d) ON CONFLICT (feature) DO UPDATE SET df = memory_term_stats.df + "
+                     "excluded.df",
+                     {bigint_array_literal(up), bigint_array_literal(up_n)});
+        if (!r) return std::unexpected(r.error());
+    }
+    if (!down.empty()) {
+        auto r = run(
+            conn,
+            "UPDATE memory_term_stats s SET df = GREATEST(s.df + t.d, 0) FROM unnest($1::bigint[], "
+            "$2::int[]) AS t(f, d) WHERE s.feature = t.f",
+            {bigint_array_literal(down), bigint_array_literal(down_n)});
+        if (!r) return std::unexpected(r.error());
+    }
+    return {};
+}
+
+Result<embed::TermFrequencies> StoreTermStats::lookup(const std::vector<std::int64_t>& features) {
+    auto conn = pool_.acquire();
+    if (!conn) return std::unexpected(conn.error());
+    // The entry count: the planner's estimate on large tables, an exact count on small ones.
+    auto r = run(**conn,
+                 "SELECT n.docs, t.feature, t.df FROM (SELECT CASE WHEN c.reltuples < 10000 THEN "
+                 "(SELECT count(*) "
+                 "FROM memory_entries)::float8 ELSE c.reltuples::float8 END AS docs FROM pg_class "
+                 "c WHERE c.oid = "
+                 "'memory_entries'::regclass) n LEFT JOIN memory_term_stats t ON t.feature = "
+                 "ANY($1::bigint[])",
+                 {bigint_array_literal(features)});
+    if (!r) return std::unexpected(r.error());
+    embed::TermFrequencies out;
+    for (int i = 0; i < r->rows(); ++i) {
+        out.documents = std::strtod(r->text(i, 0).c_str(), nullptr);
+        if (!r->is_null(i, 1)) out.df[r->integer(i, 1)] = static_cast<double>(r->integer(i, 2));
+    }
+    return out;
+}
+
+}  // namespace ka::store::detail

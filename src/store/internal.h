@@ -1,6 +1,7 @@
 // Store internals shared by its translation units: validation, wire formats, SQL pieces.
 #pragma once
 
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -13,8 +14,8 @@ namespace ka::store::detail {
 // Columns every entry query selects, in the order row_to_entry reads them.
 inline constexpr std::string_view kEntryColumns =
     "id::text, scope, content, metadata::text, tags, source, author, embedding_model, "
-    "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
-    "to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+    "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_text, "
+    "to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS updated_text";
 inline constexpr int kEntryColumnCount = 10;
 
 Entry row_to_entry(const db::PgResult& r, int row, int first_col = 0);
@@ -53,5 +54,26 @@ Status check_filters(const Filters& filters);
 Result<std::vector<embed::Vector>> embed_documents(embed::Embedder& embedder,
                                                    const std::vector<std::string>& texts,
                                                    int dimensions);
+
+}  // namespace ka::store::detail
+
+namespace ka::store::detail {
+
+// Changes to document frequencies (feature -> +n / -n), applied with the entry change.
+using TermDelta = std::map<std::int64_t, int>;
+void count_terms(TermDelta& delta, const std::vector<std::int64_t>& features, int sign);
+// Applies a delta inside the caller's transaction (features in ascending order: no deadlocks).
+Status apply_term_delta(db::Connection& conn, const TermDelta& delta);
+std::string bigint_array_literal(const std::vector<std::int64_t>& values);
+
+// Reads document frequencies for the builtin embedder's query weighting.
+class StoreTermStats : public embed::TermStats {
+  public:
+    explicit StoreTermStats(db::Pool& pool) : pool_(pool) {}
+    Result<embed::TermFrequencies> lookup(const std::vector<std::int64_t>& features) override;
+
+  private:
+    db::Pool& pool_;
+};
 
 }  // namespace ka::store::detail

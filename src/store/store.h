@@ -144,7 +144,13 @@ nlohmann::json to_json(const Hit& hit);
 class Store {
   public:
     Store(db::Pool& pool, embed::Embedder& embedder, const config::Config& config);
+    ~Store();
+    Store(const Store&) = delete;
+    Store& operator=(const Store&) = delete;
 
+    // At start: check_model, then build the term statistics once for entries saved before
+    // they existed (safe when several agents start together).
+    Status prepare();
     // Fails fast when stored entries were embedded by another model than the embedder's.
     Status check_model();
 
@@ -175,6 +181,7 @@ class Store {
     db::Pool& pool_;
     embed::Embedder& embedder_;
     const config::Config& config_;
+    std::unique_ptr<embed::TermStats> term_stats_;
 };
 
 }  // namespace ka::store
