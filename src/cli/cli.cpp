@@ -61,7 +61,7 @@ Result<db::Connection> open_ready(const config::Config& config, std::optional<bo
     return conn;
 }
 
-std::unique_ptr<Services> open_services(const Globals& g, int& exit) {
+std::unique_ptr<Services> open_services(const Globals& g, int& exit, const WrapEmbedder& wrap) {
     auto config = load_config(g);
     if (!config) {
         exit = report("Invalid configuration", config.error());
@@ -76,7 +76,7 @@ std::unique_ptr<Services> open_services(const Globals& g, int& exit) {
         exit = report("Cannot set up the embedding provider", embedder.error());
         return nullptr;
     }
-    services->embedder = std::move(*embedder);
+    services->embedder = wrap ? wrap(std::move(*embedder)) : std::move(*embedder);
     services->pool = std::make_unique<db::Pool>(conn->target(), services->config.postgres.pool_size,
                                                 services->config.postgres.connect_timeout);
     services->store =
@@ -248,6 +248,7 @@ int run(int argc, char** argv) {
     });
 
     add_store_commands(app, g, exit);
+    add_serve_command(app, g, exit);
 
     app.add_subcommand("version", "print the version")->callback([&] {
         std::cout << "knowledge-agent " << KA_VERSION << "\n";

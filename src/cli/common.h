@@ -1,6 +1,7 @@
 // Shared by the CLI's command files: loading config, opening the database, reporting errors.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -39,7 +40,13 @@ struct Services {
     std::unique_ptr<embed::Embedder> embedder;
     std::unique_ptr<store::Store> store;
 };
-std::unique_ptr<Services> open_services(const Globals& g, int& exit);
+// `wrap` may decorate the embedder (e.g. to measure it) before the store takes it.
+using WrapEmbedder =
+    std::function<std::unique_ptr<embed::Embedder>(std::unique_ptr<embed::Embedder>)>;
+std::unique_ptr<Services> open_services(const Globals& g, int& exit, const WrapEmbedder& wrap = {});
+
+// Registers `serve`: the HTTP API.
+void add_serve_command(CLI::App& app, const Globals& g, int& exit);
 
 // Registers remember, search, get, forget, list, stats, import, export, reindex.
 void add_store_commands(CLI::App& app, const Globals& g, int& exit);

@@ -157,10 +157,13 @@ void add_store_commands(CLI::App& app, const Globals& g, int& exit) {
 
     auto* search = app.add_subcommand("search", "find knowledge by meaning");
     search->add_option("query", st->text, "what to look for")->required();
-    search->add_option("-k", st->k, "number of results (default search.default_k)");
+    // Explicit 0 would read as "not given" below (the default k / ef_search): refuse it here.
+    search->add_option("-k", st->k, "number of results (default search.default_k)")
+        ->check(CLI::Range(1, 10000));
     search->add_option("--mode", st->mode, "vector, text or hybrid (default search.mode)");
     search->add_option("--min-similarity", st->min_similarity, "cosine similarity floor, -1 to 1");
-    search->add_option("--ef-search", st->ef_search, "HNSW ef_search for this query");
+    search->add_option("--ef-search", st->ef_search, "HNSW ef_search for this query")
+        ->check(CLI::Range(1, 1000));
     st->filter.add_to(search);
     search->add_flag("--json", st->json, "machine-readable output");
     search->callback([&g, &exit, st] {
@@ -317,9 +320,12 @@ void add_store_commands(CLI::App& app, const Globals& g, int& exit) {
     auto s = open_services(g, exit);
     if (!s) return;
     Progress progress(size);
-    store::ImportOptions options{
-        st->scope, st->batch_size,
-        [&](std::uint64_t bytes, std::uint64_t lines) { progress.update(bytes, lines); }};
+    store::ImportOptions options;
+    options.default_scope = st->scope;
+    options.batch_size = st->batch_size;
+    options.progress = [&](std::uint64_t bytes, std::uint64_t lines) {
+        progress.update(bytes, lines);
+    };
     auto started = std::chrono::steady_clock::now();
     auto r = s->store->import_jsonl(st->file == "-" ? std::cin : file, options);
     if (!r) {

@@ -31,9 +31,84 @@ std::string lower(std::string_view s) {
     return out;
 }
 
+bool is_hex_digest(std::string_view s) {
+    return s.size() == 64 && std::all_of(s.begin(), s.end(), [](unsigned char c) {
+               return std::isdigit(c) || (c >= 'a' && c <= 'f');
+           });
+}
+
+// auth.keys from YAML (a file, or the JSON text of an environment variable).
+Result<std::vector<ApiKey>> parse_keys(const YAML::Node& node, const std::string& origin,
+                                       const EnvLookup& env) {
+    auto bad = [&](std::string what) {
+        return std::unexpected(
+            config_error(fmt::format("config key 'auth.keys' ({}): {}", origin, std::move(what)),
+                         "each key: {name: ci, key_sha256: <64 hex digits> or "
+                         "key: ${SECRET}, role: read|write|admin, scopes: [..]}"));
+    };
+    if (node.IsNull()) return std::vector<ApiKey>{};
+    if (!node.IsSequence()) return bad("expected a list");
+    std::vector<ApiKey> keys;
+    std::set<std::string> names;
+    for (std::size_t i = 0; i < node.size(); ++i) {
+        const YAML::Node& item = node[i];
+        std::string at = fmt::format("item {}", i + 1);
+        if (!item.IsMap()) return bad(at + ": expected a mapping");
+        ApiKey key;
+        for (const auto& field : item) {
+            std::string name = field.first.as<std::string>();
+            const YAML::Node& value = field.second;
+            if (name == "scopes") {
+                if (!value.IsSequence()) return bad(at + ": scopes must be a list of strings");
+                for (const auto& scope : value) {
+                    if (!scope.IsScalar() || scope.Scalar().empty())
+                        return bad(at + ": scopes must be a list of non-empty strings");
+                    key.scopes.push_back(scope.Scalar());
+                }
+                continue;
+            }
+            std::string* target = name == "name"         ? &key.name
+                                  : name == "key"        ? &key.key
+                                  : name == "key_sha256" ? &key.key_sha256
+                                  : name == "role"       ? &key.role
+                                                         : nullptr;
+            if (!target)
+                return bad(
+                    fmt::format("{}: unknown field '{}' (allowed: name, key, key_sha256, "
+                                "role, scopes)",
+                                at, name));
+            if (!value.IsScalar()) return bad(fmt::format("{}: {} must be a string", at, name));
+            auto expanded = expand_variables(value.Scalar(), env);
+            if (!expanded) return std::unexpected(expanded.error());
+            *target = *expanded;
+        }
+        if (!key.key.empty()) register_secret(key.key);
+        if (key.name.empty() || key.name.size() > 64 ||
+            !std::all_of(key.name.begin(), key.name.end(), [](unsigned char c) {
+                return std::isalnum(c) || c == '-' || c == '_' || c == '.';
+            }))
+            return bad(at + ": name must be 1-64 letters, digits, '-', '_' or '.'");
+        if (!names.insert(key.name).second)
+            return bad(fmt::format("{}: name '{}' is used twice", at, key.name));
+        if (key.key.empty() == key.key_sha256.empty())
+            return bad(fmt::format("key '{}': give exactly one of key and key_sha256", key.name));
+        if (!key.key.empty() && key.key.size() < 16)
+            return bad(fmt::format("key '{}': the key must be at least 16 characters", key.name));
+        if (!key.key_sha256.empty() && !is_hex_digest(key.key_sha256))
+            return bad(
+                fmt::format("key '{}': key_sha256 must be 64 lower-case hex digits "
+                            "(sha256sum of the key)",
+                            key.name));
+        if (key.role != "read" && key.role != "write" && key.role != "admin")
+            return bad(fmt::format("key '{}': role must be one of: read, write, admin", key.name));
+        keys.push_back(std::move(key));
+    }
+    return keys;
+}
+
 // Converts text to the setting's type and stores it; `origin` says where the text came from.
 Status assign(const Setting& setting, Config& config, const std::string& text,
-              const std::string& origin) {
+              const std::string& origin, const EnvLookup& env = process_env) {
     auto wrong = [&] {
         return std::unexpected(config_error(
             fmt::format("config key '{}' ({}): expected {}, got '{}'", setting.key, origin,
@@ -74,6 +149,19 @@ Status assign(const Setting& setting, Config& config, const std::string& text,
             }
             *std::get<std::string*>(field) = text;
             return {};
+        case Type::key_list: {
+            YAML::Node node;
+            try {
+                node = YAML::Load(text);
+            } catch (const YAML::Exception&) {
+                return std::unexpected(config_error(fmt::format(
+                    "config key '{}' ({}): not valid JSON or YAML", setting.key, origin)));
+            }
+            auto keys = parse_keys(node, origin, env);
+            if (!keys) return std::unexpected(keys.error());
+            *std::get<std::vector<ApiKey>*>(field) = std::move(*keys);
+            return {};
+        }
     }
     return {};
 }
@@ -128,6 +216,12 @@ Status apply_yaml(const YAML::Node& node, const std::string& path, Config& confi
                             keys_under(path))));
         }
         if (value.IsNull()) continue;  // `key:` with no value keeps the default
+        if (setting->type == Type::key_list) {
+            auto keys = parse_keys(value, where(value), env);
+            if (!keys) return std::unexpected(keys.error());
+            *std::get<std::vector<ApiKey>*>(setting->field(config)) = std::move(*keys);
+            continue;
+        }
         if (!value.IsScalar()) {
             return std::unexpected(config_error(
                 fmt::format("config key '{}' ({}): expected {}, got a {}", key, where(value),
@@ -153,7 +247,7 @@ Status apply_env(Config& config, const EnvLookup& env) {
             value = env(name);
         }
         if (!value) continue;
-        if (auto ok = assign(setting, config, *value, "environment variable " + name); !ok) {
+        if (auto ok = assign(setting, config, *value, "environment variable " + name, env); !ok) {
             return ok;
         }
     }
@@ -387,6 +481,13 @@ std::string dump_yaml(const Config& config) {
             FieldRef field = s.field(copy);
             if (auto* b = std::get_if<bool*>(&field)) return std::string(**b ? "true" : "false");
             if (auto* i = std::get_if<int*>(&field)) return std::to_string(**i);
+            if (auto* keys = std::get_if<std::vector<ApiKey>*>(&field)) {
+                std::vector<std::string> names;
+                for (const auto& k : **keys)
+                    names.push_back(fmt::format("{{name: {}, role: {}, scopes: [{}]}}", k.name,
+                                                k.role, fmt::join(k.scopes, ", ")));
+                return fmt::format("[{}]", fmt::join(names, ", "));
+            }
             const std::string& text = *std::get<std::string*>(field);
             return yaml_scalar(s.secret ? redact(text) : text);
         },

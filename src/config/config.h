@@ -4,6 +4,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 
@@ -21,6 +22,16 @@ struct Postgres {
     int pool_size = 0;
     int connect_timeout = 0;  // seconds
     Embedded embedded;
+};
+
+// An HTTP API key: the secret itself or its SHA-256 (hex), a role, and optionally the only
+// scopes it may read and write.
+struct ApiKey {
+    std::string name;
+    std::string key;                  // plaintext; empty when key_sha256 is given
+    std::string key_sha256;           // lower-case hex digest of the key
+    std::string role;                 // read | write | admin
+    std::vector<std::string> scopes;  // empty: every scope
 };
 
 struct Config {
@@ -63,6 +74,23 @@ struct Config {
     struct {
         bool auto_apply = true;
     } migrations;
+    struct {
+        std::string host;
+        int port = 0;
+        int workers = 0;
+        int max_body_bytes = 0;
+        int max_import_bytes = 0;
+        int request_timeout = 0;  // seconds
+        int shutdown_grace = 0;   // seconds
+    } server;
+    struct {
+        std::vector<ApiKey> keys;
+        bool allow_anonymous = false;
+    } auth;
+    struct {
+        int requests_per_second = 0;  // per key, or per client address without a key; 0: off
+        int burst = 0;
+    } rate_limit;
 
     std::string source;  // the file it was read from, empty when none
 

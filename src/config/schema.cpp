@@ -120,6 +120,40 @@ const std::array kSettings = {
             "Apply pending schema migrations at start. false: refuse to start while any is pending "
             "(apply them with `knowledge-agent migrate up`).",
             "", false, KA_FIELD(migrations.auto_apply)},
+    Setting{"server.host", Type::string, "127.0.0.1", 0, 0, {},
+            "Address `serve` listens on. Anything but loopback needs auth.keys (or "
+            "auth.allow_anonymous: true).", "", false, KA_FIELD(server.host)},
+    Setting{"server.port", Type::integer, "8080", 0, 65535, {},
+            "TCP port of the HTTP API (0: any free port, logged at start).", "", false,
+            KA_FIELD(server.port)},
+    Setting{"server.workers", Type::integer, "8", 1, 256, {},
+            "Threads serving requests; each holds a database connection only while it needs one.",
+            "", false, KA_FIELD(server.workers)},
+    Setting{"server.max_body_bytes", Type::integer, "1048576", 1024, 104857600, {},
+            "Largest JSON request body; larger ones get 413.", "", false,
+            KA_FIELD(server.max_body_bytes)},
+    Setting{"server.max_import_bytes", Type::integer, "268435456", 1024, 2147483647, {},
+            "Largest NDJSON body for POST /api/v1/memories:import.", "", false,
+            KA_FIELD(server.max_import_bytes)},
+    Setting{"server.request_timeout", Type::integer, "30", 1, 3600, {},
+            "Seconds to read a request or write a response before the connection is dropped.", "",
+            false, KA_FIELD(server.request_timeout)},
+    Setting{"server.shutdown_grace", Type::integer, "10", 0, 3600, {},
+            "On SIGTERM/SIGINT: seconds in-flight requests get to finish before the process exits.",
+            "", false, KA_FIELD(server.shutdown_grace)},
+    Setting{"auth.keys", Type::key_list, "[]", 0, 0, {},
+            "API keys, e.g. [{name: ci, key_sha256: <hex>, role: write, scopes: [team-a]}]. In the "
+            "environment: the same as JSON. Keys go in `Authorization: Bearer` or `X-API-Key`.",
+            "", true, KA_FIELD(auth.keys)},
+    Setting{"auth.allow_anonymous", Type::boolean, "false", 0, 0, {},
+            "Serve without keys on a non-loopback address (every caller is admin).", "", false,
+            KA_FIELD(auth.allow_anonymous)},
+    Setting{"rate_limit.requests_per_second", Type::integer, "50", 0, 1000000, {},
+            "Sustained requests per second per API key (or client address without one); 0: off.",
+            "", false, KA_FIELD(rate_limit.requests_per_second)},
+    Setting{"rate_limit.burst", Type::integer, "100", 1, 1000000, {},
+            "Requests a caller may make at once before the rate applies.", "", false,
+            KA_FIELD(rate_limit.burst)},
 };
 // clang-format on
 #undef KA_FIELD
@@ -154,6 +188,8 @@ std::string allowed_values(const Setting& setting) {
             return "a string";
         case Type::choice:
             return fmt::format("one of: {}", fmt::join(setting.choices, ", "));
+        case Type::key_list:
+            return "a list of {name, key or key_sha256, role: read|write|admin, scopes: [...]}";
     }
     return {};
 }

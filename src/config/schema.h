@@ -11,9 +11,9 @@
 
 namespace ka::config {
 
-enum class Type { boolean, integer, string, choice };
+enum class Type { boolean, integer, string, choice, key_list };
 
-using FieldRef = std::variant<bool*, int*, std::string*>;
+using FieldRef = std::variant<bool*, int*, std::string*, std::vector<ApiKey>*>;
 
 struct Setting {
     std::string_view key;  // dotted path, e.g. "postgres.pool_size"

@@ -16,6 +16,8 @@ std::string_view to_string(ErrorCode code) {
             return "unavailable";
         case ErrorCode::permission_denied:
             return "permission_denied";
+        case ErrorCode::forbidden:
+            return "forbidden";
         case ErrorCode::pgvector_missing:
             return "pgvector_missing";
         case ErrorCode::pgvector_not_created:
@@ -60,6 +62,8 @@ int exit_code(ErrorCode code) {
             return 12;
         case ErrorCode::conflict:
             return 13;
+        case ErrorCode::forbidden:
+            return 15;
         case ErrorCode::internal:
             return 1;
     }

@@ -15,6 +15,7 @@ enum class ErrorCode {
     config,                // configuration is wrong: fix config.yaml or the environment
     unavailable,           // database or provider unreachable: retry later or fix connectivity
     permission_denied,     // the database user lacks a privilege
+    forbidden,             // the caller's API key may not do this (role or scope)
     pgvector_missing,      // pgvector is not installed on the server
     pgvector_not_created,  // installed but not created in the database, and we may not create it
     pgvector_too_old,      // installed version has no HNSW

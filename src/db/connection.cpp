@@ -1,6 +1,7 @@
 #include "db/connection.h"
 
 #include <charconv>
+#include <chrono>
 
 #include <fmt/format.h>
 
@@ -61,6 +62,19 @@ struct Wire {
     int count() const { return static_cast<int>(values.size()); }
 };
 
+void (*statement_observer)(double) = nullptr;
+
+// Times one libpq call for the statement observer.
+template <class F>
+PGresult* timed(F&& call) {
+    if (!statement_observer) return call();
+    auto start = std::chrono::steady_clock::now();
+    PGresult* r = call();
+    statement_observer(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    return r;
+}
+
 Result<PgResult> checked(PGresult* raw, PGconn* conn) {
     PgResult result(raw);
     auto status = PQresultStatus(result.raw());
@@ -71,13 +85,17 @@ Result<PgResult> checked(PGresult* raw, PGconn* conn) {
 }  // namespace
 
 Result<PgResult> Connection::exec(std::string_view sql) {
-    return checked(PQexec(conn_.get(), std::string(sql).c_str()), conn_.get());
+    return checked(timed([&] { return PQexec(conn_.get(), std::string(sql).c_str()); }),
+                   conn_.get());
 }
 
 Result<PgResult> Connection::exec(std::string_view sql, const Params& params) {
     Wire wire(params);
-    return checked(PQexecParams(conn_.get(), std::string(sql).c_str(), wire.count(), nullptr,
-                                wire.values.data(), wire.lengths.data(), wire.formats.data(), 0),
+    return checked(timed([&] {
+                       return PQexecParams(conn_.get(), std::string(sql).c_str(), wire.count(),
+                                           nullptr, wire.values.data(), wire.lengths.data(),
+                                           wire.formats.data(), 0);
+                   }),
                    conn_.get());
 }
 
@@ -91,9 +109,16 @@ Result<PgResult> Connection::exec_prepared(const std::string& name, std::string_
         prepared_.insert(name);
     }
     Wire wire(params);
-    return checked(PQexecPrepared(conn_.get(), name.c_str(), wire.count(), wire.values.data(),
-                                  wire.lengths.data(), wire.formats.data(), 0),
+    return checked(timed([&] {
+                       return PQexecPrepared(conn_.get(), name.c_str(), wire.count(),
+                                             wire.values.data(), wire.lengths.data(),
+                                             wire.formats.data(), 0);
+                   }),
                    conn_.get());
+}
+
+void set_statement_observer(void (*observer)(double seconds)) {
+    statement_observer = observer;
 }
 
 Status Connection::set(const std::string& name, const std::string& value) {

@@ -84,6 +84,9 @@ class Connection {
     std::unordered_map<std::string, std::string> settings_;
 };
 
+// Called with the seconds every statement took (for metrics). Set once, before any query runs.
+void set_statement_observer(void (*observer)(double seconds));
+
 // Classifies a failed statement by SQLSTATE (retryable, conflict, invalid, permission...).
 Error statement_error(const PGresult* result, PGconn* conn);
 ErrorCode classify_sqlstate(std::string_view sqlstate);

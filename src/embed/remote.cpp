@@ -61,8 +61,10 @@ RemoteEmbedder::RemoteEmbedder(Api api, const config::Config& config)
 }
 
 Error RemoteEmbedder::http_error(long status, const std::string& body) const {
-    std::string what = fmt::format("{} embeddings at {} (model {}) answered HTTP {}: {}",
-                                   name(api_), endpoint_, model_, status, provider_message(body));
+    // Providers may echo the key they were sent (e.g. "Incorrect API key provided: sk-...").
+    std::string what =
+        redact(fmt::format("{} embeddings at {} (model {}) answered HTTP {}: {}", name(api_),
+                           endpoint_, model_, status, provider_message(body)));
     if (status == 401 || status == 403) {
         return Error{
             ErrorCode::permission_denied, what, "check embedding.api_key (or OPENAI_API_KEY)", {}};

@@ -334,19 +334,23 @@ Result<std::vector<Added>> Store::add_batch(std::vector<NewEntry> entries) {
         if (is_new) count_terms(delta, embedder_.term_features(entry.content), 1);
         by_ord[static_cast<std::size_t>(rows->integer(i, 0))] = Added{std::move(entry), is_new};
     }
+    // A row that neither landed nor duplicates an entry (its id is taken by other content)
+    // fails the whole batch before it commits: a batch is all or nothing.
+    for (std::size_t i = 0; i < by_ord.size(); ++i) {
+        if (!by_ord[i]) {
+            return rollback(Error{
+                ErrorCode::conflict,
+                fmt::format("entry {}: an entry with id {} already exists with other content",
+                            i + 1, entries[i].id.value_or("?")),
+                "",
+                {}});
+        }
+    }
     if (auto ok = apply_term_delta(c, delta); !ok) return rollback(ok.error());
     if (auto ok = c.exec("COMMIT"); !ok) return std::unexpected(ok.error());
 
     std::vector<Added> out;
-    for (std::size_t i = 0; i < by_ord.size(); ++i) {
-        if (!by_ord[i]) {
-            return fail(
-                ErrorCode::conflict,
-                fmt::format("entry {}: an entry with id {} already exists with other content",
-                            i + 1, entries[i].id.value_or("?")));
-        }
-        out.push_back(std::move(*by_ord[i]));
-    }
+    for (auto& added : by_ord) out.push_back(std::move(*added));
     return out;
 }
 

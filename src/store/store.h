@@ -123,6 +123,7 @@ inline constexpr std::size_t kMaxImportLineBytes = 16 * 1024 * 1024;
 struct ImportOptions {
     std::string default_scope;  // for lines without scope; empty: store.default_scope
     int batch_size = 500;
+    std::vector<std::string> allowed_scopes;  // non-empty: lines in other scopes are rejected
     std::function<void(std::uint64_t bytes_read, std::uint64_t lines)> progress;
 };
 
@@ -136,6 +137,11 @@ struct ImportReport {
     };
     std::vector<Rejected> rejected;
 };
+
+// One entry in the import-line JSON form (also the body of POST /api/v1/memories), validated:
+// unknown fields, wrong types and invalid values are invalid_argument errors.
+Result<NewEntry> parse_entry(const nlohmann::json& j, const std::string& default_scope,
+                             const config::Config& config);
 
 // The JSON form of an entry used by the CLI, the HTTP API and export.
 nlohmann::json to_json(const Entry& entry);

@@ -1,4 +1,5 @@
 // Bulk import and export as JSON Lines, one entry per line.
+#include <algorithm>
 #include <set>
 
 #include <fmt/format.h>
@@ -15,16 +16,24 @@ using nlohmann::json;
 
 constexpr int kExportFetch = 1000;
 
+std::unexpected<Error> bad(std::string why) {
+    return std::unexpected(Error{ErrorCode::invalid_argument, std::move(why), "", {}});
+}
+
 // One import line -> a validated entry, or the reason it is rejected.
 Result<NewEntry> parse_line(const std::string& line, const std::string& default_scope,
                             const config::Config& config) {
-    auto bad = [](std::string why) {
-        return std::unexpected(Error{ErrorCode::invalid_argument, std::move(why), "", {}});
-    };
     if (line.size() > kMaxImportLineBytes)
         return bad(fmt::format("line is longer than {} bytes", kMaxImportLineBytes));
     json j = json::parse(line, nullptr, false);
     if (j.is_discarded()) return bad("not valid JSON");
+    return parse_entry(j, default_scope, config);
+}
+
+}  // namespace
+
+Result<NewEntry> parse_entry(const json& j, const std::string& default_scope,
+                             const config::Config& config) {
     if (!j.is_object()) return bad("expected a JSON object");
     NewEntry e;
     e.scope = default_scope;
@@ -83,8 +92,6 @@ Result<NewEntry> parse_line(const std::string& line, const std::string& default_
     if (auto ok = normalise(e, config); !ok) return std::unexpected(ok.error());
     return e;
 }
-
-}  // namespace
 
 json to_json(const Entry& e) {
     return {{"id", e.id},
@@ -158,6 +165,11 @@ Result<ImportReport> Store::import_jsonl(std::istream& in, const ImportOptions& 
         bytes += line.size() + 1;
         if (trim(line).empty()) continue;
         auto entry = parse_line(line, default_scope, config_);
+        if (entry && !options.allowed_scopes.empty() &&
+            std::find(options.allowed_scopes.begin(), options.allowed_scopes.end(), entry->scope) ==
+                options.allowed_scopes.end()) {
+            entry = bad(fmt::format("scope '{}' is not allowed for this caller", entry->scope));
+        }
         if (!entry) {
             report.rejected.push_back({report.lines, entry.error().message});
             continue;
