@@ -112,7 +112,9 @@ int main(int argc, char** argv) {
               << "\n";
     }
     auto started = std::chrono::steady_clock::now();
-    auto imported = store.import_jsonl(lines, {std::string(kScope), 500, {}});
+    ka::store::ImportOptions options;
+    options.default_scope = std::string(kScope);
+    auto imported = store.import_jsonl(lines, options);
     if (!imported) {
         std::cerr << "import failed: " << imported.error().message << "\n";
         return 1;

@@ -82,7 +82,7 @@ std::unique_ptr<Services> open_services(const Globals& g, int& exit, const WrapE
     services->store =
         std::make_unique<store::Store>(*services->pool, *services->embedder, services->config);
     if (auto ok = services->store->prepare(); !ok) {
-        exit = report("Embedding model mismatch", ok.error());
+        exit = report("Cannot prepare the knowledge store", ok.error());
         return nullptr;
     }
     return services;

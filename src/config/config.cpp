@@ -255,6 +255,8 @@ Status apply_env(Config& config, const EnvLookup& env) {
 }
 
 Status validate(const Config& config) {
+    // Secrets are masked in every log line and error from here on.
+    if (!config.embedding.api_key.empty()) register_secret(config.embedding.api_key);
     if (config.index.hnsw.ef_construction < 2 * config.index.hnsw.m) {
         return std::unexpected(config_error(
             fmt::format("config key 'index.hnsw.ef_construction' ({}) must be at least 2 x "

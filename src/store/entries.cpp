@@ -188,10 +188,15 @@ Status Store::check_model() {
 
 Status Store::prepare() {
     if (auto ok = check_model(); !ok) return ok;
-    if (embedder_.term_features("probe").empty()) return {};
     auto conn = pool_.acquire();
     if (!conn) return std::unexpected(conn.error());
     auto& c = **conn;
+    auto version = c.exec(
+        "SELECT string_to_array(extversion, '.')::int[] >= '{0,8}' FROM pg_extension WHERE "
+        "extname = 'vector'");
+    if (!version) return std::unexpected(version.error());
+    iterative_scan_ = version->rows() == 1 && version->boolean(0, 0);
+    if (embedder_.term_features("probe").empty()) return {};
     auto needed = c.exec(
         "SELECT NOT EXISTS (SELECT 1 FROM memory_term_stats) AND EXISTS (SELECT 1 FROM "
         "memory_entries)");
@@ -338,12 +343,12 @@ Result<std::vector<Added>> Store::add_batch(std::vector<NewEntry> entries) {
     // fails the whole batch before it commits: a batch is all or nothing.
     for (std::size_t i = 0; i < by_ord.size(); ++i) {
         if (!by_ord[i]) {
-            return rollback(Error{
-                ErrorCode::conflict,
-                fmt::format("entry {}: an entry with id {} already exists with other content",
-                            i + 1, entries[i].id.value_or("?")),
-                "",
-                {}});
+            return rollback(
+                Error{ErrorCode::conflict,
+                      fmt::format("entry {}: an entry with id {} already exists with other content",
+                                  i + 1, entries[i].id.value_or("?")),
+                      "",
+                      {}});
         }
     }
     if (auto ok = apply_term_delta(c, delta); !ok) return rollback(ok.error());

@@ -52,7 +52,8 @@ struct Query {
 };
 
 Result<std::vector<Hit>> vector_search(db::Connection& conn, const Query& q, const Filters& filters,
-                                       const config::Config& config, int ef_search) {
+                                       const config::Config& config, int ef_search,
+                                       bool iterative_scan) {
     db::Params params{db::Param::bytes(q.vector)};
     std::string where = where_sql(filters, params);
     params.push_back(std::to_string(q.k));
@@ -78,10 +79,13 @@ Result<std::vector<Hit>> vector_search(db::Connection& conn, const Query& q, con
     if (!exact) {
         if (auto ok = conn.set("hnsw.ef_search", std::to_string(ef_search)); !ok)
             return std::unexpected(ok.error());
-        if (auto ok = conn.set("hnsw.iterative_scan",
-                               has_filters(filters) ? config.search.iterative_scan : "off");
-            !ok)
-            return std::unexpected(ok.error());
+        // pgvector before 0.8 has no iterative scans; the exact fallback below covers filters.
+        if (iterative_scan) {
+            if (auto ok = conn.set("hnsw.iterative_scan",
+                                   has_filters(filters) ? config.search.iterative_scan : "off");
+                !ok)
+                return std::unexpected(ok.error());
+        }
         // Iterative scans may return rows slightly out of order: re-sort the few found.
         std::string sql = fmt::format(
             "SELECT {0}, 1 - d, 1 - d FROM (SELECT *, embedding <=> $1::vector AS d FROM "
@@ -197,14 +201,17 @@ Result<std::vector<Hit>> Store::search(const SearchRequest& request) {
     if (!conn) return std::unexpected(conn.error());
     Result<std::vector<Hit>> hits;
     if (mode == Mode::vector) {
-        hits = vector_search(**conn, q, request.filters, config_, ef);
+        // The index returns at most ef_search rows: never fewer than k.
+        hits = vector_search(**conn, q, request.filters, config_, std::min(std::max(ef, k), 1000),
+                             iterative_scan_);
     } else if (mode == Mode::text) {
         hits = text_search(**conn, query, &q.vector, k, request.filters);
     } else {
         int depth = std::max(k * kHybridDepthFactor, kHybridMinDepth);
         Query deep = q;
         deep.k = depth;
-        auto by_vector = vector_search(**conn, deep, request.filters, config_, std::max(ef, depth));
+        auto by_vector = vector_search(**conn, deep, request.filters, config_,
+                                       std::min(std::max(ef, depth), 1000), iterative_scan_);
         if (!by_vector) return by_vector;
         auto by_text = text_search(**conn, query, &q.vector, depth, request.filters);
         if (!by_text) return by_text;

@@ -154,8 +154,8 @@ class Store {
     Store(const Store&) = delete;
     Store& operator=(const Store&) = delete;
 
-    // At start: check_model, then build the term statistics once for entries saved before
-    // they existed (safe when several agents start together).
+    // At start: check_model, pgvector's features, then build the term statistics once for entries
+    // saved before they existed (safe when several agents start together).
     Status prepare();
     // Fails fast when stored entries were embedded by another model than the embedder's.
     Status check_model();
@@ -188,6 +188,7 @@ class Store {
     embed::Embedder& embedder_;
     const config::Config& config_;
     std::unique_ptr<embed::TermStats> term_stats_;
+    bool iterative_scan_ = true;  // pgvector >= 0.8; checked by prepare()
 };
 
 }  // namespace ka::store

@@ -16,6 +16,12 @@ using nlohmann::json;
 
 constexpr int kExportFetch = 1000;
 
+// Bad lines are rejected one by one; anything else (database or provider down, a wrong API key,
+// a model with other dimensions) would fail every line alike, so it stops the import.
+bool about_the_data(const Error& e) {
+    return e.code == ErrorCode::invalid_argument || e.code == ErrorCode::conflict;
+}
+
 std::unexpected<Error> bad(std::string why) {
     return std::unexpected(Error{ErrorCode::invalid_argument, std::move(why), "", {}});
 }
@@ -134,7 +140,7 @@ Result<ImportReport> Store::import_jsonl(std::istream& in, const ImportOptions& 
         auto added = add_batch(batch);
         if (added) {
             tally(*added);
-        } else if (added.error().code == ErrorCode::unavailable) {
+        } else if (!about_the_data(added.error())) {
             Error e = added.error();
             e.message =
                 fmt::format("import stopped at line {}: {}", batch_lines.front(), e.message);
@@ -147,7 +153,7 @@ Result<ImportReport> Store::import_jsonl(std::istream& in, const ImportOptions& 
                 auto one = add_batch({batch[i]});
                 if (one) {
                     tally(*one);
-                } else if (one.error().code == ErrorCode::unavailable) {
+                } else if (!about_the_data(one.error())) {
                     return std::unexpected(one.error());
                 } else {
                     report.rejected.push_back({batch_lines[i], one.error().message});

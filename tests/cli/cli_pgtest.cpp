@@ -33,8 +33,9 @@ TEST(Cli, ConfigErrorsExitThreeWithKeyPath) {
         {"KNOWLEDGE_AGENT_CONFIG=" + write_config("serch:\n  ef_search: 3\n").string()});
     EXPECT_EQ(unknown.exit_code, 3);
     EXPECT_TRUE(contains(unknown.output, "unknown config key 'serch'")) << unknown.output;
-    EXPECT_TRUE(contains(
-        unknown.output, "Hint: allowed keys: embedding, index, log, migrations, postgres, search"));
+    EXPECT_TRUE(contains(unknown.output,
+                         "Hint: allowed keys: auth, embedding, index, log, migrations, postgres, "
+                         "rate_limit, search, server"));
 }
 
 TEST(Cli, FileExpansionAndEnvironmentOverride) {

@@ -158,7 +158,8 @@ TEST(Config, EnvironmentOverridesEveryKeyAndWinsOverFile) {
     for (const auto& s : settings()) {
         if (s.key == "postgres.url") continue;
         env[env_name(s.key)] =
-            s.type == Type::choice    ? std::string(s.choices.back())
+            s.type == Type::key_list  ? std::string("[]")
+            : s.type == Type::choice  ? std::string(s.choices.back())
             : s.type == Type::boolean ? "false"
             : s.type == Type::integer
                 ? std::to_string(s.key == "index.hnsw.ef_construction" ? 1000 : s.min + 1)
@@ -192,6 +193,61 @@ TEST(Config, SecretsAreRedactedInDumpAndErrors) {
     std::string dump = dump_yaml(*c);
     EXPECT_EQ(dump.find("topsecret"), std::string::npos) << dump;
     EXPECT_NE(dump.find("postgres://app:***@db/ka"), std::string::npos) << dump;
+}
+
+TEST(Config, ApiKeysFromFileAndEnvironment) {
+    std::string digest(64, 'a');
+    auto c = parse(
+        "auth:\n  keys:\n    - name: ci\n      key: ${CI_KEY}\n      role: write\n"
+        "      scopes: [team-a, team-b]\n    - name: ops\n      key_sha256: " +
+            digest + "\n      role: admin\n",
+        {{"CI_KEY", "0123456789abcdef-ci"}});
+    ASSERT_TRUE(c) << c.error().message;
+    ASSERT_EQ(c->auth.keys.size(), 2u);
+    EXPECT_EQ(c->auth.keys[0].key, "0123456789abcdef-ci");
+    EXPECT_EQ(c->auth.keys[0].scopes, (std::vector<std::string>{"team-a", "team-b"}));
+    EXPECT_EQ(c->auth.keys[1].key_sha256, digest);
+    std::string dump = dump_yaml(*c);
+    EXPECT_EQ(dump.find("0123456789abcdef-ci"), std::string::npos) << dump;
+    EXPECT_NE(dump.find("name: ci"), std::string::npos) << dump;
+
+    auto from_env = parse("", {{"KNOWLEDGE_AGENT_AUTH_KEYS",
+                                R"([{"name":"bot","key":"bot-key-0123456789","role":"read"}])"}});
+    ASSERT_TRUE(from_env) << from_env.error().message;
+    ASSERT_EQ(from_env->auth.keys.size(), 1u);
+    EXPECT_EQ(from_env->auth.keys[0].role, "read");
+}
+
+TEST(Config, BadApiKeysSayWhatIsWrong) {
+    const std::string long_key = "0123456789abcdef";
+    for (const auto& [yaml, expected] : std::vector<std::pair<std::string, std::string>>{
+             {"{name: a, key: " + long_key + ", role: root}", "role must be one of"},
+             {"{name: a, key: short, role: read}", "at least 16 characters"},
+             {"{name: a, key: " + long_key + ", key_sha256: " + std::string(64, 'b') +
+                  ", role: read}",
+              "exactly one of key and key_sha256"},
+             {"{name: a, key_sha256: XYZ, role: read}", "64 lower-case hex"},
+             {"{name: a, key: " + long_key + ", role: read, team: x}", "unknown field 'team'"},
+             {"{name: 'a b', key: " + long_key + ", role: read}", "name must be"},
+             {"{name: a, key: " + long_key + ", role: read, scopes: x}", "scopes must be a list"},
+         }) {
+        auto c = parse("auth:\n  keys:\n    - " + yaml + "\n");
+        ASSERT_FALSE(c) << yaml;
+        EXPECT_NE(c.error().message.find("auth.keys"), std::string::npos) << c.error().message;
+        EXPECT_NE(c.error().message.find(expected), std::string::npos) << c.error().message;
+        EXPECT_EQ(c.error().message.find(long_key), std::string::npos) << c.error().message;
+    }
+    auto twice = parse("auth:\n  keys:\n    - {name: a, key: " + long_key +
+                       "1, role: read}\n    - {name: a, key: " + long_key + "2, role: read}\n");
+    ASSERT_FALSE(twice);
+    EXPECT_NE(twice.error().message.find("used twice"), std::string::npos);
+    EXPECT_FALSE(parse("", {{"KNOWLEDGE_AGENT_AUTH_KEYS", "[{"}}));
+}
+
+TEST(Config, ProviderKeyIsRedactedInDump) {
+    auto c = parse("", {{"OPENAI_API_KEY", "sk-very-secret-provider-key"}});
+    ASSERT_TRUE(c);
+    EXPECT_EQ(dump_yaml(*c).find("sk-very-secret-provider-key"), std::string::npos);
 }
 
 TEST(Config, ExampleFileInRepoMatchesSchema) {

@@ -11,6 +11,12 @@
 namespace ka::store {
 namespace {
 
+store::ImportOptions options(int batch_size) {
+    store::ImportOptions o;
+    o.batch_size = batch_size;
+    return o;
+}
+
 using test::contains;
 
 class Transfer : public ::testing::Test {
@@ -28,7 +34,7 @@ class Transfer : public ::testing::Test {
     }
     ImportReport import(const std::string& text, int batch = 500) {
         std::istringstream in(text);
-        auto r = store->import_jsonl(in, {"", batch, {}});
+        auto r = store->import_jsonl(in, options(batch));
         if (!r) throw std::runtime_error(r.error().message);
         return *r;
     }
@@ -98,7 +104,7 @@ TEST_F(Transfer, ProviderOutageStopsTheImportAndARerunCompletesIt) {
         text += "{\"content\": \"fact number " + std::to_string(i) + "\"}\n";
     embedder.failing = true;
     std::istringstream in(text);
-    auto r = store->import_jsonl(in, {"", 4, {}});
+    auto r = store->import_jsonl(in, options(4));
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, ErrorCode::unavailable);
     EXPECT_TRUE(contains(r.error().message, "import stopped at line 1"));
@@ -125,7 +131,7 @@ TEST_F(Transfer, ExportThenImportIntoAnEmptyDatabaseReproducesEverything) {
     test::TestEmbedder other_embedder;
     Store copy(other_pool, other_embedder, other_config);
     std::istringstream in(exported.str());
-    auto r = copy.import_jsonl(in, {"", 500, {}});
+    auto r = copy.import_jsonl(in, options(500));
     ASSERT_TRUE(r);
     EXPECT_EQ(r->added, 4u);
     EXPECT_EQ(other_embedder.calls, 0) << "exported embeddings are reused, not recomputed";
