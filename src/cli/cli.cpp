@@ -249,6 +249,8 @@ int run(int argc, char** argv) {
 
     add_store_commands(app, g, exit);
     add_serve_command(app, g, exit);
+    add_ask_command(app, g, exit);
+    add_mcp_command(app, g, exit);
 
     app.add_subcommand("version", "print the version")->callback([&] {
         std::cout << "knowledge-agent " << KA_VERSION << "\n";

@@ -45,8 +45,13 @@ using WrapEmbedder =
     std::function<std::unique_ptr<embed::Embedder>(std::unique_ptr<embed::Embedder>)>;
 std::unique_ptr<Services> open_services(const Globals& g, int& exit, const WrapEmbedder& wrap = {});
 
+// Registers `ask`: the agent from the command line.
+void add_ask_command(CLI::App& app, const Globals& g, int& exit);
+
 // Registers `serve`: the HTTP API.
 void add_serve_command(CLI::App& app, const Globals& g, int& exit);
+// Registers `mcp`: the memory tools for MCP clients over stdin/stdout.
+void add_mcp_command(CLI::App& app, const Globals& g, int& exit);
 
 // Registers remember, search, get, forget, list, stats, import, export, reindex.
 void add_store_commands(CLI::App& app, const Globals& g, int& exit);

@@ -8,8 +8,10 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include "agent/agent.h"
 #include "cli/common.h"
 #include "http/server.h"
+#include "llm/llm.h"
 #include "log/log.h"
 
 namespace ka::cli {
@@ -39,13 +41,20 @@ int serve(const Globals& g, const std::optional<std::string>& host,
                   {{"host", config.server.host}});
     }
 
-    http::Server server(config, *services->store, *services->pool, metrics);
+    auto model = llm::make_chat_model(config);
+    if (!model) return report("Cannot set up the LLM provider", model.error());
+    auto prompt = agent::base_prompt(config);
+    if (!prompt) return report("Cannot set up the agent", prompt.error());
+    agent::Agent agent(*services->store, model->get(), config, std::move(*prompt));
+
+    http::Server server(config, *services->store, *services->pool, metrics, &agent);
     auto bound = server.bind();
     if (!bound) return report("Cannot serve", bound.error());
     log::info("Knowledge Agent listening",
               {{"address", fmt::format("http://{}:{}", config.server.host, *bound)},
                {"workers", std::to_string(config.server.workers)},
-               {"auth", config.auth.keys.empty() ? "off" : "api keys"}});
+               {"auth", config.auth.keys.empty() ? "off" : "api keys"},
+               {"llm", *model ? (*model)->model() : "none (retrieval-only)"}});
 
     std::mutex mutex;
     std::condition_variable finished_cv;

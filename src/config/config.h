@@ -88,6 +88,23 @@ struct Config {
         bool allow_anonymous = false;
     } auth;
     struct {
+        std::string provider;  // none | anthropic | openai
+        std::string model;     // empty: the provider's default
+        std::string base_url;  // empty: the provider's default endpoint
+        std::string api_key;   // empty: ANTHROPIC_API_KEY / OPENAI_API_KEY
+        std::string anthropic_version;
+        int max_tokens = 0;
+        int timeout = 0;  // seconds
+        int max_retries = 0;
+    } llm;
+    struct {
+        std::string name;
+        std::string prompt;       // base prompt, inline
+        std::string prompt_file;  // or from a file (wins when set)
+        int max_tool_rounds = 0;
+        int context_k = 0;  // entries searched up front and put in the context
+    } agent;
+    struct {
         int requests_per_second = 0;  // per key, or per client address without a key; 0: off
         int burst = 0;
     } rate_limit;

@@ -15,8 +15,22 @@
 namespace ka::http {
 namespace {
 
+struct BodySink {
+    CURL* curl;
+    Response* response;
+    const StreamFn* stream;
+};
+
 std::size_t on_body(char* data, std::size_t size, std::size_t n, void* out) {
-    static_cast<std::string*>(out)->append(data, size * n);
+    auto* sink = static_cast<BodySink*>(out);
+    if (sink->stream) {
+        long status = 0;
+        curl_easy_getinfo(sink->curl, CURLINFO_RESPONSE_CODE, &status);
+        if (status >= 200 && status < 300) {
+            return (*sink->stream)(std::string_view(data, size * n)) ? size * n : 0;
+        }
+    }
+    sink->response->body.append(data, size * n);
     return size * n;
 }
 
@@ -46,7 +60,8 @@ bool retryable(long status) {
 }
 
 Result<Response> post_json(const std::string& url, const std::vector<std::string>& headers,
-                           const std::string& body, std::chrono::milliseconds timeout) {
+                           const std::string& body, std::chrono::milliseconds timeout,
+                           const StreamFn* stream) {
     static std::once_flag init;
     std::call_once(init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
     std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> curl(curl_easy_init(), &curl_easy_cleanup);
@@ -63,10 +78,18 @@ Result<Response> post_json(const std::string& url, const std::vector<std::string
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.data());
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, header_list.get());
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout.count()));
+    BodySink sink{c, &response, stream};
+    if (stream) {
+        long seconds = std::max(1L, static_cast<long>(timeout.count() / 1000));
+        curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(timeout.count()));
+        curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, seconds);
+    } else {
+        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout.count()));
+    }
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);  // thread-safe timeouts
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &response.body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &response);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, error);
@@ -74,6 +97,7 @@ Result<Response> post_json(const std::string& url, const std::vector<std::string
     CURLcode rc = curl_easy_perform(c);
     if (rc != CURLE_OK) {
         std::string reason = error[0] ? error : curl_easy_strerror(rc);
+        if (rc == CURLE_WRITE_ERROR && stream) return fail(ErrorCode::internal, "stream aborted");
         return fail(
             ErrorCode::unavailable,
             redact(fmt::format(
@@ -87,11 +111,17 @@ Result<Response> post_json(const std::string& url, const std::vector<std::string
 Result<Response> post_json_with_retries(const std::string& url,
                                         const std::vector<std::string>& headers,
                                         const std::string& body, std::chrono::milliseconds timeout,
-                                        const RetryPolicy& policy) {
+                                        const RetryPolicy& policy, const StreamFn* stream) {
     thread_local std::mt19937 rng(std::random_device{}());
+    bool delivered = false;
+    StreamFn counting = [&](std::string_view chunk) {
+        delivered = true;
+        return (*stream)(chunk);
+    };
     for (int attempt = 0;; ++attempt) {
-        auto r = post_json(url, headers, body, timeout);
-        bool again = r ? retryable(r->status) : r.error().code == ErrorCode::unavailable;
+        auto r = post_json(url, headers, body, timeout, stream ? &counting : nullptr);
+        bool again =
+            r ? retryable(r->status) : r.error().code == ErrorCode::unavailable && !delivered;
         if (!again || attempt >= policy.max_retries) return r;
         // Full jitter over an exponentially growing window; Retry-After wins when given.
         std::chrono::milliseconds window =

@@ -249,15 +249,17 @@ struct Server::Impl {
     store::Store& store;
     db::Pool& pool;
     Metrics& metrics;
+    agent::Agent* agent;
     Auth auth;
     RateLimiter limiter;
     httplib::Server svr;
 
-    Impl(const config::Config& c, store::Store& s, db::Pool& p, Metrics& m)
+    Impl(const config::Config& c, store::Store& s, db::Pool& p, Metrics& m, agent::Agent* a)
         : config(c),
           store(s),
           pool(p),
           metrics(m),
+          agent(a),
           auth(c.auth.keys),
           limiter(c.rate_limit.requests_per_second, c.rate_limit.burst) {}
 
@@ -585,7 +587,15 @@ struct Server::Impl {
             }
         });
         bool write_failed = false;
-        (*c.reader)([&](const char* data, std::size_t size) {
+        // httplib bounds bodies with a Content-Length; chunked ones are counted here.
+        std::uint64_t received = 0;
+        bool too_large = false;
+        bool complete = (*c.reader)([&](const char* data, std::size_t size) {
+            received += size;
+            if (received > static_cast<std::uint64_t>(config.server.max_import_bytes)) {
+                too_large = true;
+                return false;
+            }
             while (size > 0 && !write_failed) {
                 ssize_t n = ::write(fds[1], data, size);
                 if (n < 0 && errno == EINTR) continue;
@@ -600,6 +610,23 @@ struct Server::Impl {
         });
         ::close(fds[1]);
         reader_thread.join();  // the filebuf closed fds[0]
+        // A body that was cut off (too large, or the client went away) must not be reported as
+        // a whole import.
+        if (!complete && !write_failed) {
+            std::string partly =
+                report && report->added > 0
+                    ? fmt::format(" ({} entries before that point were imported)", report->added)
+                    : "";
+            if (too_large || c.res.status == 413) {
+                send_error(c.res, 413, "payload_too_large",
+                           fmt::format("import body is larger than {} bytes{}",
+                                       config.server.max_import_bytes, partly),
+                           "split the file, or raise server.max_import_bytes");
+                return {};
+            }
+            return invalid("the request body could not be read completely" + partly,
+                           "send the whole NDJSON body; re-sending it skips what was imported");
+        }
         if (!report) return std::unexpected(report.error());
         json rejected = json::array();
         for (const auto& r : report->rejected)
@@ -641,6 +668,86 @@ struct Server::Impl {
         return {};
     }
 
+    // A question for the agent; with "stream": true the answer comes as server-sent events:
+    // `text` deltas, `tool` calls, then `done` with the whole answer (or `error`).
+    Status ask(Call& c) {
+        auto body = body_object(c);
+        if (!body) return std::unexpected(body.error());
+        const json& j = *body;
+        if (auto ok = only_fields(j, {"question", "scope", "history", "stream"}); !ok) return ok;
+        agent::Question q;
+        if (!j.contains("question") || !j["question"].is_string())
+            return invalid("question is required and must be a string");
+        q.text = j["question"].get<std::string>();
+        q.caller.scopes = c.who.scopes;
+        q.caller.may_write = c.who.may(Role::write);
+        if (j.contains("scope") && !j["scope"].is_null()) {
+            if (!j["scope"].is_string()) return invalid("scope must be a string");
+            auto scopes = allowed_scopes(c.who, {j["scope"].get<std::string>()});
+            if (!scopes) return std::unexpected(scopes.error());
+            q.caller.scopes = *scopes;
+            q.caller.default_scope = scopes->front();
+        }
+        if (j.contains("history") && !j["history"].is_null()) {
+            const json& h = j["history"];
+            if (!h.is_array() || h.size() > 100)
+                return invalid("history must be an array of at most 100 turns");
+            for (const auto& turn : h) {
+                if (!turn.is_object() || !turn.contains("role") || !turn.contains("content") ||
+                    !turn["content"].is_string() ||
+                    (turn["role"] != "user" && turn["role"] != "assistant"))
+                    return invalid(
+                        "each history turn is {\"role\": \"user\"|\"assistant\", \"content\": "
+                        "string}");
+                q.history.push_back({turn["role"] == "user" ? llm::Message::Role::user
+                                                            : llm::Message::Role::assistant,
+                                     turn["content"].get<std::string>(),
+                                     {},
+                                     {}});
+            }
+        }
+        bool stream = false;
+        if (j.contains("stream") && !j["stream"].is_null()) {
+            if (!j["stream"].is_boolean()) return invalid("stream must be true or false");
+            stream = j["stream"].get<bool>();
+        }
+        if (!stream) {
+            auto answer = agent->ask(q);
+            if (!answer) return std::unexpected(answer.error());
+            send(c.res, 200, agent::to_json(*answer));
+            return {};
+        }
+        c.res.status = 200;
+        c.res.set_header("Cache-Control", "no-cache");
+        c.res.set_chunked_content_provider(
+            "text/event-stream", [this, q](std::size_t, httplib::DataSink& sink) {
+                auto event = [&](std::string_view name, const json& data) {
+                    std::string text =
+                        fmt::format("event: {}\ndata: {}\n\n", name,
+                                    data.dump(-1, ' ', false, json::error_handler_t::replace));
+                    return sink.write(text.data(), text.size());
+                };
+                agent::Events events;
+                events.on_text = [&](std::string_view delta) {
+                    event("text", {{"text", std::string(delta)}});
+                };
+                events.on_tool = [&](const std::string& tool, const json& arguments) {
+                    event("tool", {{"name", tool}, {"arguments", arguments}});
+                };
+                auto answer = agent->ask(q, &events);
+                if (answer) {
+                    event("done", agent::to_json(*answer));
+                } else {
+                    event("error", {{"error",
+                                     {{"code", to_string(answer.error().code)},
+                                      {"message", answer.error().message}}}});
+                }
+                sink.done();
+                return true;
+            });
+        return {};
+    }
+
     void register_routes() {
         const std::string v1 = "/api/v1";
         const std::string id = "/([0-9a-fA-F-]{1,64})";
@@ -659,6 +766,7 @@ struct Server::Impl {
         route("POST", v1 + "/search", "/api/v1/search", Role::read, &Impl::search);
         route("GET", v1 + "/stats", "/api/v1/stats", Role::admin, &Impl::stats);
         route("POST", v1 + "/reindex", "/api/v1/reindex", Role::admin, &Impl::reindex);
+        if (agent) route("POST", v1 + "/ask", "/api/v1/ask", Role::read, &Impl::ask);
         svr.Post(
             v1 + "/memories:import", [this](const httplib::Request& req, httplib::Response& res,
                                             const httplib::ContentReader& reader) {
@@ -693,8 +801,9 @@ struct Server::Impl {
     }
 };
 
-Server::Server(const config::Config& config, store::Store& store, db::Pool& pool, Metrics& metrics)
-    : impl_(std::make_unique<Impl>(config, store, pool, metrics)) {
+Server::Server(const config::Config& config, store::Store& store, db::Pool& pool, Metrics& metrics,
+               agent::Agent* agent)
+    : impl_(std::make_unique<Impl>(config, store, pool, metrics, agent)) {
     auto& svr = impl_->svr;
     int workers = config.server.workers;
     svr.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };

@@ -5,6 +5,7 @@
 
 #include <memory>
 
+#include "agent/agent.h"
 #include "config/config.h"
 #include "core/error.h"
 #include "db/pool.h"
@@ -21,7 +22,9 @@ int status_for(ErrorCode code);
 
 class Server {
   public:
-    Server(const config::Config& config, store::Store& store, db::Pool& pool, Metrics& metrics);
+    // Without an agent, POST /api/v1/ask is not served.
+    Server(const config::Config& config, store::Store& store, db::Pool& pool, Metrics& metrics,
+           agent::Agent* agent = nullptr);
     ~Server();
     Server(const Server&) = delete;
     Server& operator=(const Server&) = delete;

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "db/startup.h"
 #include "log/log.h"
 #include "store/internal.h"
 #include "store/store.h"
@@ -147,6 +148,23 @@ Status fill_embeddings(std::vector<NewEntry>& entries, embed::Embedder& embedder
     return {};
 }
 
+// Creates idx_memory_entries_embedding when it is missing (dropped by hand, or by a bulk load
+// that was killed before rebuilding it). CONCURRENTLY: writers are not blocked meanwhile.
+Result<bool> create_missing_index(db::Connection& c, const config::Config& config) {
+    auto params = db::hnsw_index_params(c);
+    if (!params) return std::unexpected(params.error());
+    if (*params) return false;
+    log::warn("HNSW index idx_memory_entries_embedding is missing: building it",
+              {{"m", std::to_string(config.index.hnsw.m)},
+               {"ef_construction", std::to_string(config.index.hnsw.ef_construction)}});
+    auto made = c.exec(fmt::format(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_memory_entries_embedding ON memory_entries "
+        "USING hnsw (embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})",
+        config.index.hnsw.m, config.index.hnsw.ef_construction));
+    if (!made) return std::unexpected(made.error());
+    return true;
+}
+
 }  // namespace
 
 Store::Store(db::Pool& pool, embed::Embedder& embedder, const config::Config& config)
@@ -196,6 +214,8 @@ Status Store::prepare() {
         "extname = 'vector'");
     if (!version) return std::unexpected(version.error());
     iterative_scan_ = version->rows() == 1 && version->boolean(0, 0);
+    if (auto created = create_missing_index(c, config_); !created)
+        return std::unexpected(created.error());
     if (embedder_.term_features("probe").empty()) return {};
     auto needed = c.exec(
         "SELECT NOT EXISTS (SELECT 1 FROM memory_term_stats) AND EXISTS (SELECT 1 FROM "
@@ -537,6 +557,9 @@ Status Store::reindex() {
     auto conn = pool_.acquire();
     if (!conn) return std::unexpected(conn.error());
     auto& c = **conn;
+    auto created = create_missing_index(c, config_);
+    if (!created) return std::unexpected(created.error());
+    if (*created) return {};
     log::info("Rebuilding HNSW index",
               {{"index", "idx_memory_entries_embedding"},
                {"m", std::to_string(config_.index.hnsw.m)},

@@ -322,5 +322,21 @@ TEST_F(StoreTest, ReindexAppliesConfiguredParameters) {
               "t");
 }
 
+TEST_F(StoreTest, AMissingIndexIsRebuiltAtStartAndByReindex) {
+    must_add(entry("something to index"));
+    auto index_exists = [&] {
+        return db.sql("SELECT count(*) FROM pg_indexes WHERE indexname = "
+                      "'idx_memory_entries_embedding'")
+                   .integer(0, 0) == 1;
+    };
+    db.sql("DROP INDEX idx_memory_entries_embedding");
+    ASSERT_FALSE(index_exists());
+    ASSERT_TRUE(store->prepare());
+    EXPECT_TRUE(index_exists());
+    db.sql("DROP INDEX idx_memory_entries_embedding");
+    ASSERT_TRUE(store->reindex());
+    EXPECT_TRUE(index_exists());
+}
+
 }  // namespace
 }  // namespace ka::store
