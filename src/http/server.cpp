@@ -98,8 +98,10 @@ Result<std::vector<std::string>> string_list(const json& v, std::string_view nam
 
 Result<int> int_field(const json& v, std::string_view name) {
     if (!v.is_number_integer()) return invalid(fmt::format("{} must be an integer", name));
-    if (v.is_number_unsigned() ? v.get<std::uint64_t>() > 1000000
-                               : std::llabs(v.get<std::int64_t>()) > 1000000)
+    // No llabs: it overflows (undefined behaviour) on -2^63.
+    if (v.is_number_unsigned()
+            ? v.get<std::uint64_t>() > 1000000
+            : v.get<std::int64_t>() > 1000000 || v.get<std::int64_t>() < -1000000)
         return invalid(fmt::format("{} is out of range", name));
     return static_cast<int>(v.get<std::int64_t>());
 }
@@ -383,6 +385,12 @@ struct Server::Impl {
     }
 
     Status metrics_text(Call& c) {
+        // The exposition is server-wide (entries per scope for every scope): not for a key
+        // bound to some scopes, whatever its role.
+        if (!c.who.scopes.empty())
+            return fail(ErrorCode::forbidden,
+                        "a scope-bound key may not read the server-wide metrics",
+                        "scrape /metrics with an admin key that has no scopes");
         auto stats = store.stats();
         std::vector<store::Stats::Scope> scopes;
         if (stats) scopes = stats->scopes;

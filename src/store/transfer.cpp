@@ -15,6 +15,10 @@ using namespace detail;
 using nlohmann::json;
 
 constexpr int kExportFetch = 1000;
+// Deeper import lines are refused while parsing: copying or printing a JSON value recurses once
+// per level, so a line of 100k nested brackets in a field would overflow the stack. No entry
+// the API accepts comes near this depth.
+constexpr int kMaxLineDepth = 256;
 
 // Bad lines are rejected one by one; anything else (database or provider down, a wrong API key,
 // a model with other dimensions) would fail every line alike, so it stops the import.
@@ -31,7 +35,15 @@ Result<NewEntry> parse_line(const std::string& line, const std::string& default_
                             const config::Config& config) {
     if (line.size() > kMaxImportLineBytes)
         return bad(fmt::format("line is longer than {} bytes", kMaxImportLineBytes));
-    json j = json::parse(line, nullptr, false);
+    bool too_deep = false;
+    json j = json::parse(
+        line,
+        [&](int depth, json::parse_event_t, json&) {
+            if (depth > kMaxLineDepth) too_deep = true;
+            return !too_deep;
+        },
+        false);
+    if (too_deep) return bad(fmt::format("line is nested deeper than {} levels", kMaxLineDepth));
     if (j.is_discarded()) return bad("not valid JSON");
     return parse_entry(j, default_scope, config);
 }
