@@ -17,6 +17,7 @@ packages=(
   libcurl4-openssl-dev libssl-dev libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libcli11-dev libcpp-httplib-dev libstemmer-dev prometheus-cpp-dev curl
   libgtest-dev libgmock-dev libbenchmark-dev
+  clang-19 libclang-rt-19-dev  # the libFuzzer targets (fuzz/, KA_FUZZ): g++ has no libFuzzer
 )
 missing=()
 for p in "${packages[@]}"; do

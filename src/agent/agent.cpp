@@ -139,11 +139,22 @@ Result<Answer> Agent::ask(const Question& question, const Events* events) {
     request.tools = memory_tools();
     request.messages = question.history;
     request.messages.push_back({llm::Message::Role::user, question.text, {}, {}});
-    const llm::TextFn* on_text = events && events->on_text ? &events->on_text : nullptr;
+    // Text from successive rounds ("Let me look that up." then the answer) is kept apart by a
+    // blank line, in the stream as in the answer.
+    bool new_round = false;
+    llm::TextFn separated = [&](std::string_view delta) {
+        if (delta.empty()) return;
+        if (new_round) events->on_text("\n\n");
+        new_round = false;
+        events->on_text(delta);
+    };
+    const llm::TextFn* on_text = events && events->on_text ? &separated : nullptr;
     for (int round = 0;; ++round) {
         request.allow_tools = round < config_.agent.max_tool_rounds;
+        new_round = !answer.text.empty();
         auto reply = model_->chat(request, on_text);
         if (!reply) return std::unexpected(reply.error());
+        if (!answer.text.empty() && !reply->text.empty()) answer.text += "\n\n";
         answer.text += reply->text;
         if (reply->tool_calls.empty() || !request.allow_tools) break;
         answer.tool_rounds = round + 1;

@@ -106,7 +106,7 @@ const std::array kSettings = {
             "pgvector 0.8 hnsw.iterative_scan for filtered vector search, so filters do not starve "
             "results.",
             "", false, KA_FIELD(search.iterative_scan)},
-    Setting{"search.exact_max_rows", Type::integer, "20000", 0, 10000000, {},
+    Setting{"search.exact_max_rows", Type::integer, "8000", 0, 10000000, {},
             "A filter matching at most this many rows is searched exactly, without the index: "
             "faster and exact for selective filters.",
             "", false, KA_FIELD(search.exact_max_rows)},

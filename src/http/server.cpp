@@ -19,6 +19,7 @@
 #include "http/openapi.h"
 #include "http/rate_limit.h"
 #include "log/log.h"
+#include "store/internal.h"
 
 namespace ka::http {
 namespace {
@@ -650,6 +651,8 @@ struct Server::Impl {
     Status export_ndjson(Call& c) {
         store::Filters f = filters_from_query(c.req);
         if (auto ok = restrict_scopes(c.who, f); !ok) return ok;
+        // Checked before streaming starts: after that the status is already 200.
+        if (auto ok = store::detail::check_filters(f); !ok) return ok;
         std::string with = c.req.get_param_value("embeddings");
         if (!with.empty() && with != "true" && with != "false")
             return invalid("query parameter embeddings must be true or false");
@@ -820,6 +823,8 @@ Server::Server(const config::Config& config, store::Store& store, db::Pool& pool
     svr.set_read_timeout(config.server.request_timeout, 0);
     svr.set_write_timeout(config.server.request_timeout, 0);
     svr.set_keep_alive_timeout(5);
+    // Small JSON answers must not wait for the peer's delayed ACK (~40 ms per request).
+    svr.set_tcp_nodelay(true);
     impl_->register_routes();
 }
 

@@ -37,7 +37,15 @@ class Anthropic : public ChatModel {
         s.on_text = on_text;
         detail::SseParser parser(
             [&](std::string_view event, std::string_view data) { return s.on_event(event, data); });
-        http::StreamFn fn = [&](std::string_view chunk) { return parser.feed(chunk); };
+        // A field of the wrong type throws; that must not unwind through libcurl's callback.
+        http::StreamFn fn = [&](std::string_view chunk) {
+            try {
+                return parser.feed(chunk);
+            } catch (const json::exception& e) {
+                s.error = malformed(e.what());
+                return false;
+            }
+        };
         auto r = detail::call(endpoint_, body, &fn);
         if (s.error) return std::unexpected(*s.error);
         if (!r) return std::unexpected(r.error());
@@ -64,6 +72,7 @@ class Anthropic : public ChatModel {
                 content.push_back(
                     {{"type", "tool_use"}, {"id", c.id}, {"name", c.name}, {"input", c.arguments}});
             }
+            if (content.empty()) continue;  // the API refuses empty turns
             messages.push_back({{"role", m.role == Message::Role::user ? "user" : "assistant"},
                                 {"content", content}});
         }

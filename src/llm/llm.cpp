@@ -54,8 +54,11 @@ Result<nlohmann::json> parse_json(const Endpoint& endpoint, std::string_view tex
 
 Result<http::Response> call(const Endpoint& endpoint, const nlohmann::json& body,
                             const http::StreamFn* stream) {
-    auto r = http::post_json_with_retries(endpoint.url, endpoint.headers, body.dump(),
-                                          endpoint.timeout, endpoint.retry, stream);
+    // Invalid UTF-8 (from a terminal, a cut character) is replaced rather than thrown on.
+    auto r = http::post_json_with_retries(
+        endpoint.url, endpoint.headers,
+        body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), endpoint.timeout,
+        endpoint.retry, stream);
     if (!r) return r;
     if (r->status >= 200 && r->status < 300) return r;
     std::string message;

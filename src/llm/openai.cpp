@@ -48,7 +48,15 @@ class OpenAI : public ChatModel {
         s.on_text = on_text;
         detail::SseParser parser(
             [&](std::string_view, std::string_view data) { return s.on_data(data); });
-        http::StreamFn fn = [&](std::string_view chunk) { return parser.feed(chunk); };
+        // A field of the wrong type throws; that must not unwind through libcurl's callback.
+        http::StreamFn fn = [&](std::string_view chunk) {
+            try {
+                return parser.feed(chunk);
+            } catch (const json::exception& e) {
+                s.error = malformed(e.what());
+                return false;
+            }
+        };
         auto r = detail::call(endpoint_, body, &fn);
         if (s.error) return std::unexpected(*s.error);
         if (!r) return std::unexpected(r.error());
@@ -74,6 +82,7 @@ class OpenAI : public ChatModel {
                 if (!m.text.empty()) messages.push_back({{"role", "user"}, {"content", m.text}});
                 continue;
             }
+            if (m.text.empty() && m.tool_calls.empty()) continue;  // refused as empty
             json msg = {{"role", "assistant"},
                         {"content", m.text.empty() ? json(nullptr) : json(m.text)}};
             if (!m.tool_calls.empty()) {
@@ -182,25 +191,26 @@ class OpenAI : public ChatModel {
             if (j["choices"].empty()) return true;  // e.g. a usage-only chunk
             const json& choice = j["choices"][0];
             const json& delta = choice.value("delta", json::object());
-            if (delta.is_object()) {
-                if (delta.contains("content") && delta["content"].is_string()) {
-                    std::string text = delta["content"].get<std::string>();
-                    reply.text += text;
-                    if (!text.empty()) (*on_text)(text);
-                }
-                if (delta.contains("tool_calls") && delta["tool_calls"].is_array()) {
-                    for (const auto& c : delta["tool_calls"]) {
-                        int index = c.value("index", 0);
-                        auto& p = calls[index];
-                        if (c.contains("id") && c["id"].is_string())
-                            p.id = c["id"].get<std::string>();
-                        const json& f = c.value("function", json::object());
-                        if (f.is_object()) {
-                            if (f.contains("name") && f["name"].is_string())
-                                p.name += f["name"].get<std::string>();
-                            if (f.contains("arguments") && f["arguments"].is_string())
-                                p.arguments += f["arguments"].get<std::string>();
-                        }
+            if (!delta.is_object()) {
+                error = self->malformed("a stream chunk whose delta is not an object");
+                return false;
+            }
+            if (delta.contains("content") && delta["content"].is_string()) {
+                std::string text = delta["content"].get<std::string>();
+                reply.text += text;
+                if (!text.empty()) (*on_text)(text);
+            }
+            if (delta.contains("tool_calls") && delta["tool_calls"].is_array()) {
+                for (const auto& c : delta["tool_calls"]) {
+                    int index = c.value("index", 0);
+                    auto& p = calls[index];
+                    if (c.contains("id") && c["id"].is_string()) p.id = c["id"].get<std::string>();
+                    const json& f = c.value("function", json::object());
+                    if (f.is_object()) {
+                        if (f.contains("name") && f["name"].is_string())
+                            p.name += f["name"].get<std::string>();
+                        if (f.contains("arguments") && f["arguments"].is_string())
+                            p.arguments += f["arguments"].get<std::string>();
                     }
                 }
             }

@@ -325,8 +325,9 @@ TEST_F(StoreTest, ReindexAppliesConfiguredParameters) {
 TEST_F(StoreTest, AMissingIndexIsRebuiltAtStartAndByReindex) {
     must_add(entry("something to index"));
     auto index_exists = [&] {
-        return db.sql("SELECT count(*) FROM pg_indexes WHERE indexname = "
-                      "'idx_memory_entries_embedding'")
+        return db.sql(
+                     "SELECT count(*) FROM pg_indexes WHERE indexname = "
+                     "'idx_memory_entries_embedding'")
                    .integer(0, 0) == 1;
     };
     db.sql("DROP INDEX idx_memory_entries_embedding");
