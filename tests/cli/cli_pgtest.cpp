@@ -34,8 +34,9 @@ TEST(Cli, ConfigErrorsExitThreeWithKeyPath) {
     EXPECT_EQ(unknown.exit_code, 3);
     EXPECT_TRUE(contains(unknown.output, "unknown config key 'serch'")) << unknown.output;
     EXPECT_TRUE(contains(unknown.output,
-                         "Hint: allowed keys: auth, embedding, index, log, migrations, postgres, "
-                         "rate_limit, search, server"));
+                         "Hint: allowed keys: agent, auth, embedding, index, llm, log, migrations, "
+                         "postgres, rate_limit, search, server, store"))
+        << unknown.output;
 }
 
 TEST(Cli, FileExpansionAndEnvironmentOverride) {
