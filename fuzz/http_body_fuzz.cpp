@@ -61,6 +61,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     static httplib::Client* client = [] {
         auto* c = new httplib::Client("127.0.0.1", served->port);
         c->set_keep_alive(true);
+        c->set_tcp_nodelay(true);
         c->set_url_encode(false);
         c->set_connection_timeout(std::chrono::seconds(5));
         c->set_read_timeout(std::chrono::seconds(20));
@@ -90,8 +91,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             res = client->Post("/api/v1/memories:import", rest, "application/x-ndjson");
             break;
     }
-    ka::fuzz::require(static_cast<bool>(res), "no HTTP response",
-                      res ? "" : httplib::to_string(res.error()));
+    static std::string previous;  // what the connection carried before, for the report
+    ka::fuzz::require(
+        static_cast<bool>(res), "no HTTP response",
+        res ? ""
+            : fmt::format("{} (this request: route {} {} bytes; before it: {})",
+                          httplib::to_string(res.error()), data[0] % 6, size, previous));
+    previous = fmt::format("route {}, {} bytes, HTTP {}, Connection: {}", data[0] % 6, size,
+                           res->status, res->get_header_value("Connection"));
     int status = res->status;
     ka::fuzz::require(status < 500 || status == 503, "server error",
                       fmt::format("{} {}", status, res->body));

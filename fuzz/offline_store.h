@@ -24,7 +24,9 @@ inline config::Config fuzz_config() {
     auto loaded = config::load_from_string(
         "embedding:\n  dimensions: 8\nstore:\n  max_content_bytes: 4096\nsearch:\n  max_k: 50\n"
         "server:\n  host: 127.0.0.1\n  port: 0\n  workers: 2\n  max_body_bytes: 65536\n"
-        "  max_import_bytes: 65536\n  request_timeout: 10\n",
+        "  max_import_bytes: 65536\n  request_timeout: 10\n"
+        // Off: at fuzzing rates most requests would be refused before reaching a handler.
+        "rate_limit:\n  requests_per_second: 0\n",
         [](const std::string&) -> std::optional<std::string> { return std::nullopt; });
     if (!loaded) {
         std::fprintf(stderr, "fuzz config: %s\n", loaded.error().message.c_str());

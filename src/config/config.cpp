@@ -56,6 +56,8 @@ Result<std::vector<ApiKey>> parse_keys(const YAML::Node& node, const std::string
         if (!item.IsMap()) return bad(at + ": expected a mapping");
         ApiKey key;
         for (const auto& field : item) {
+            // as<std::string>() throws on a key that is not a plain string ({[a]: 1}, `!tag:`).
+            if (!field.first.IsScalar()) return bad(at + ": field names must be plain strings");
             std::string name = field.first.as<std::string>();
             const YAML::Node& value = field.second;
             if (name == "scopes") {
@@ -200,6 +202,11 @@ Status apply_yaml(const YAML::Node& node, const std::string& path, Config& confi
                                      node.IsSequence() ? "list" : "single value")));
     }
     for (const auto& item : node) {
+        if (!item.first.IsScalar()) {
+            return std::unexpected(config_error(
+                fmt::format("config {} ({}): keys must be plain strings",
+                            path.empty() ? "file" : "key '" + path + "'", where(item.first))));
+        }
         std::string name = item.first.as<std::string>();
         std::string key = path.empty() ? name : path + "." + name;
         const YAML::Node& value = item.second;

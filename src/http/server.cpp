@@ -326,6 +326,9 @@ struct Server::Impl {
             send_error(res, 429, "rate_limited", "too many requests",
                        "retry after the number of seconds in Retry-After");
         }
+        // A refused streaming request may leave its body unread on the connection, where
+        // keep-alive would read it as the next request: end the connection with this answer.
+        if (reader && res.status >= 400) res.set_header("Connection", "close");
         double seconds = std::chrono::duration<double>(Clock::now() - start).count();
         metrics.request(req.method, route, res.status, seconds);
         log::info("request", {{"method", req.method},
