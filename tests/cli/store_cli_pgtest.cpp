@@ -291,7 +291,8 @@ TEST_F(StoreCli, ExportThenImportIntoAFreshDatabaseReproducesTheStore) {
 
     auto ids = [&](const test::TestDatabase* on) {
         std::set<std::string> out;
-        for (const auto& e : agent_json({"list"}, on)["entries"])
+        const auto entries = agent_json({"list"}, on)["entries"];  // outlives the loop
+        for (const auto& e : entries)
             out.insert(e["id"].get<std::string>() + "|" + e["content"].get<std::string>());
         return out;
     };

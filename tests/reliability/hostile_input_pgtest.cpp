@@ -35,6 +35,13 @@
 namespace ka::http {
 namespace {
 
+// `text` n times (std::string(ptr, n) would read n bytes of `text`).
+std::string repeat(std::string_view text, int n) {
+    std::string out;
+    for (int i = 0; i < n; ++i) out += text;
+    return out;
+}
+
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
@@ -347,11 +354,11 @@ std::vector<Hostile> hostile_inputs(const std::string& id) {
     save("case-changed field", {{"Content", "x"}});
     // Vectors: JSON cannot carry NaN; 1e999 parses as infinity, nulls stand in for NaN.
     save_raw("embedding 1e999",
-             R"({"content": "x", "embedding": [1e999)" + std::string(",0", kDimensions - 1) + "]}");
-    save_raw("embedding -1e999", R"({"content": "x", "embedding": [-1e999)" +
-                                     std::string(",0", kDimensions - 1) + "]}");
+             R"({"content": "x", "embedding": [1e999)" + repeat(",0", kDimensions - 1) + "]}");
+    save_raw("embedding -1e999",
+             R"({"content": "x", "embedding": [-1e999)" + repeat(",0", kDimensions - 1) + "]}");
     save_raw("embedding 1e300 (beyond float)",
-             R"({"content": "x", "embedding": [1e300)" + std::string(",0", kDimensions - 1) + "]}");
+             R"({"content": "x", "embedding": [1e300)" + repeat(",0", kDimensions - 1) + "]}");
     save_raw("embedding of nulls", R"({"content": "x", "embedding": [null)" +
                                        std::string(",null", kDimensions - 1) + "]}");
     save("embedding of strings",
@@ -547,7 +554,7 @@ std::vector<Hostile> hostile_inputs(const std::string& id) {
     imp("NUL escape", "{\"content\": \"a\\u0000b\"}\n");
     imp("content over store.max_content_bytes", json{{"content", over_content}}.dump() + "\n");
     imp("embedding 1e999",
-        R"({"content": "x", "embedding": [1e999)" + std::string(",0", kDimensions - 1) + "]}\n");
+        R"({"content": "x", "embedding": [1e999)" + repeat(",0", kDimensions - 1) + "]}\n");
     imp("embedding nulls",
         R"({"content": "x", "embedding": [null)" + std::string(",null", kDimensions - 1) + "]}\n");
     imp("embedding wrong dimensions", json{{"content", "x"}, {"embedding", {1.0}}}.dump() + "\n");
@@ -712,7 +719,8 @@ TEST_F(HostileInputTest, SqlInFreeTextIsStoredAndMatchedLiterally) {
                          .dump());
             ++tried;
             ASSERT_EQ(found.status, 200) << mode << " " << show(found);
-            for (const auto& hit : found.j()["results"]) EXPECT_EQ(hit["source"], s);
+            const json results = found.j()["results"];  // a temporary would die before the loop
+            for (const auto& hit : results) EXPECT_EQ(hit["source"], s);
         }
         Reply asked = call("POST", kAsk, json{{"question", s}, {"scope", "team-a"}}.dump());
         ++tried;
