@@ -359,8 +359,8 @@ std::vector<Hostile> hostile_inputs(const std::string& id) {
              R"({"content": "x", "embedding": [-1e999)" + repeat(",0", kDimensions - 1) + "]}");
     save_raw("embedding 1e300 (beyond float)",
              R"({"content": "x", "embedding": [1e300)" + repeat(",0", kDimensions - 1) + "]}");
-    save_raw("embedding of nulls", R"({"content": "x", "embedding": [null)" +
-                                       std::string(",null", kDimensions - 1) + "]}");
+    save_raw("embedding of nulls",
+             R"({"content": "x", "embedding": [null)" + repeat(",null", kDimensions - 1) + "]}");
     save("embedding of strings",
          {{"content", "x"}, {"embedding", std::vector<std::string>(kDimensions, "1")}});
     save("embedding all zeros",
@@ -556,7 +556,7 @@ std::vector<Hostile> hostile_inputs(const std::string& id) {
     imp("embedding 1e999",
         R"({"content": "x", "embedding": [1e999)" + repeat(",0", kDimensions - 1) + "]}\n");
     imp("embedding nulls",
-        R"({"content": "x", "embedding": [null)" + std::string(",null", kDimensions - 1) + "]}\n");
+        R"({"content": "x", "embedding": [null)" + repeat(",null", kDimensions - 1) + "]}\n");
     imp("embedding wrong dimensions", json{{"content", "x"}, {"embedding", {1.0}}}.dump() + "\n");
     imp("unknown field", "{\"content\": \"x\", \"owner\": \"me\"}\n");
     imp("content 1e400", "{\"content\": 1e400}\n");
