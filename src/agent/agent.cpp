@@ -142,17 +142,23 @@ Result<Answer> Agent::ask(const Question& question, const Events* events) {
     // Text from successive rounds ("Let me look that up." then the answer) is kept apart by a
     // blank line, in the stream as in the answer.
     bool new_round = false;
+    bool listening = true;
     llm::TextFn separated = [&](std::string_view delta) {
-        if (delta.empty()) return;
-        if (new_round) events->on_text("\n\n");
+        if (delta.empty()) return true;
+        if (new_round) listening = events->on_text("\n\n");
         new_round = false;
-        events->on_text(delta);
+        return listening = listening && events->on_text(delta);
     };
     const llm::TextFn* on_text = events && events->on_text ? &separated : nullptr;
+    auto abandoned = [] {
+        log::info("Answer abandoned: its listener went away");
+        return fail(ErrorCode::unavailable, "the answer's listener went away");
+    };
     for (int round = 0;; ++round) {
         request.allow_tools = round < config_.agent.max_tool_rounds;
         new_round = !answer.text.empty();
         auto reply = model_->chat(request, on_text);
+        if (!listening) return abandoned();
         if (!reply) return std::unexpected(reply.error());
         if (!answer.text.empty() && !reply->text.empty()) answer.text += "\n\n";
         answer.text += reply->text;
@@ -160,7 +166,8 @@ Result<Answer> Agent::ask(const Question& question, const Events* events) {
         answer.tool_rounds = round + 1;
         llm::Message results{llm::Message::Role::user, "", {}, {}};
         for (const auto& call : reply->tool_calls) {
-            if (events && events->on_tool) events->on_tool(call.name, call.arguments);
+            if (events && events->on_tool && !events->on_tool(call.name, call.arguments))
+                return abandoned();
             auto outcome = run_tool(store_, question.caller, call.name, call.arguments);
             if (!outcome) {
                 log::warn("Tool call refused",

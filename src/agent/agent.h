@@ -31,10 +31,12 @@ struct Answer {
 };
 nlohmann::json to_json(const Answer& answer);
 
-// Progress while answering: streamed text, and each tool call as it runs.
+// Progress while answering: streamed text, and each tool call before it runs. Either returning
+// false means nobody listens any more: the agent stops (no further model call, no tool run) and
+// ask() fails with `unavailable`.
 struct Events {
     llm::TextFn on_text;
-    std::function<void(const std::string& tool, const nlohmann::json& arguments)> on_tool;
+    std::function<bool(const std::string& tool, const nlohmann::json& arguments)> on_tool;
 };
 
 class Agent {

@@ -52,7 +52,8 @@ Result<ToolOutcome> search_memory(store::Store& store, const Caller& caller, con
     if (!tags) return std::unexpected(tags.error());
     r.filters.tags = std::move(*tags);
     r.filters.scopes = caller.scopes;
-    auto hits = store.search(r);
+    std::string degraded;
+    auto hits = store.search(r, &degraded);
     if (!hits) return std::unexpected(hits.error());
     ToolOutcome out;
     out.result = json::array();
@@ -62,10 +63,12 @@ Result<ToolOutcome> search_memory(store::Store& store, const Caller& caller, con
                               {"tags", h.entry.tags},
                               {"scope", h.entry.scope},
                               {"created_at", h.entry.created_at},
-                              {"similarity", h.similarity}});
+                              {"similarity", h.similarity ? json(*h.similarity) : json(nullptr)}});
         out.found.push_back(h.entry);
     }
     out.result = {{"results", out.result}};
+    // Tells the model why similarities are missing and recall may be lower.
+    if (!degraded.empty()) out.result["degraded"] = degraded;
     return out;
 }
 

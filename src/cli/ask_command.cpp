@@ -39,9 +39,13 @@ int ask(const Globals& g, const AskOptions& o) {
         q.caller.default_scope = o.scope;
     }
     agent::Events events;
-    events.on_text = [](std::string_view delta) { std::cout << delta << std::flush; };
+    events.on_text = [](std::string_view delta) {
+        std::cout << delta << std::flush;
+        return true;
+    };
     events.on_tool = [](const std::string& tool, const nlohmann::json& arguments) {
         if (isatty(STDERR_FILENO)) std::cerr << fmt::format("\n[{} {}]\n", tool, arguments.dump());
+        return true;
     };
     auto answer = agent.ask(q, o.json ? nullptr : &events);
     if (!answer) return report("Cannot answer", answer.error());

@@ -183,11 +183,13 @@ void add_store_commands(CLI::App& app, const Globals& g, int& exit) {
         }
         auto s = open_services(g, exit);
         if (!s) return;
-        auto hits = s->store->search(r);
+        std::string degraded;
+        auto hits = s->store->search(r, &degraded);
         if (!hits) {
             exit = report("Search failed", hits.error());
             return;
         }
+        if (!degraded.empty()) std::cerr << "Warning: " << degraded << "\n";
         if (st->json) {
             json out = json::array();
             for (const auto& h : *hits) out.push_back(store::to_json(h));
@@ -196,7 +198,8 @@ void add_store_commands(CLI::App& app, const Globals& g, int& exit) {
         }
         if (hits->empty()) std::cout << "No matching knowledge.\n";
         for (const auto& h : *hits) {
-            std::cout << fmt::format("{:2}. [{:.2f}] {}\n", h.rank, h.similarity,
+            std::cout << fmt::format("{:2}. [{}] {}\n", h.rank,
+                                     h.similarity ? fmt::format("{:.2f}", *h.similarity) : " -- ",
                                      one_line(h.entry.content, 100));
             print_entry_line(h.entry);
         }

@@ -66,6 +66,7 @@ struct Config {
         std::string iterative_scan;
         int exact_max_rows = 0;
         int rrf_k = 0;
+        bool text_fallback = true;
     } search;
     struct {
         std::string level;

@@ -112,6 +112,11 @@ const std::array kSettings = {
             "", false, KA_FIELD(search.exact_max_rows)},
     Setting{"search.rrf_k", Type::integer, "60", 1, 1000, {},
             "Reciprocal-rank fusion constant for hybrid search.", "", false, KA_FIELD(search.rrf_k)},
+    Setting{"search.text_fallback", Type::boolean, "true", 0, 0, {},
+            "When the embedding provider is down, slow or answers garbage, text and hybrid "
+            "searches answer from full-text search alone and say so (\"degraded\"); false: they "
+            "fail like vector searches do.",
+            "", false, KA_FIELD(search.text_fallback)},
     Setting{"log.level", Type::choice, "info", 0, 0, kLogLevels, "Lowest level logged.", "", false,
             KA_FIELD(log.level)},
     Setting{"log.format", Type::choice, "console", 0, 0, kLogFormats,

@@ -30,6 +30,8 @@ std::string_view to_string(ErrorCode code) {
             return "migration";
         case ErrorCode::check_failed:
             return "check_failed";
+        case ErrorCode::bad_gateway:
+            return "bad_gateway";
         case ErrorCode::internal:
             return "internal";
     }
@@ -64,6 +66,8 @@ int exit_code(ErrorCode code) {
             return 13;
         case ErrorCode::forbidden:
             return 15;
+        case ErrorCode::bad_gateway:
+            return 16;
         case ErrorCode::internal:
             return 1;
     }

@@ -22,6 +22,7 @@ enum class ErrorCode {
     postgres_too_old,      // server older than the supported minimum
     migration,             // schema migrations failed, are pending, or were tampered with
     check_failed,          // `doctor` found a required item failing
+    bad_gateway,           // a provider (embeddings, LLM) answered something unusable
     internal,              // a bug or an unexpected server answer
 };
 

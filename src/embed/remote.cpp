@@ -85,7 +85,7 @@ Error RemoteEmbedder::http_error(long status, const std::string& body) const {
             {}};
     }
     if (status >= 400 && status < 500) return Error{ErrorCode::invalid_argument, what, "", {}};
-    return Error{ErrorCode::internal, what, "", {}};
+    return Error{ErrorCode::bad_gateway, what, "", {}};
 }
 
 Result<std::vector<Vector>> RemoteEmbedder::embed(std::span<const std::string> texts,
@@ -137,7 +137,7 @@ Result<std::vector<Vector>> RemoteEmbedder::embed_batch(std::span<const std::str
 
     auto bad = [&](std::string why) {
         return std::unexpected(
-            Error{ErrorCode::internal,
+            Error{ErrorCode::bad_gateway,
                   fmt::format("{} embeddings at {} (model {}) sent a malformed answer: {}",
                               name(api_), endpoint_, model_, why),
                   "check that embedding.base_url points at an embeddings API",

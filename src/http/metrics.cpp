@@ -41,6 +41,7 @@ struct Metrics::Families {
     prometheus::Family<prometheus::Counter>& requests;
     prometheus::Family<Histogram>& request_seconds;
     prometheus::Family<Histogram>& search_seconds;
+    prometheus::Family<prometheus::Counter>& searches_degraded;
     prometheus::Family<Histogram>& embedding_seconds;
     Histogram& statement_seconds;
     prometheus::Family<prometheus::Gauge>& pool;
@@ -62,6 +63,10 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
         BuildHistogram()
             .Name("knowledge_agent_search_duration_seconds")
             .Help("Store search latency by mode")
+            .Register(r),
+        BuildCounter()
+            .Name("knowledge_agent_search_degraded_total")
+            .Help("Searches answered from full text alone because the embedding provider failed")
             .Register(r),
         BuildHistogram()
             .Name("knowledge_agent_embedding_duration_seconds")
@@ -105,8 +110,9 @@ void Metrics::request(std::string_view method, std::string_view route, int statu
     f_->request_seconds.Add({{"route", std::string(route)}}, buckets()).Observe(seconds);
 }
 
-void Metrics::search(std::string_view mode, double seconds) {
+void Metrics::search(std::string_view mode, double seconds, bool degraded) {
     f_->search_seconds.Add({{"mode", std::string(mode)}}, buckets()).Observe(seconds);
+    if (degraded) f_->searches_degraded.Add({{"mode", std::string(mode)}}).Increment();
 }
 
 void Metrics::embedding(bool ok, double seconds) {

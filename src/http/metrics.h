@@ -25,7 +25,7 @@ class Metrics {
     Metrics& operator=(const Metrics&) = delete;
 
     void request(std::string_view method, std::string_view route, int status, double seconds);
-    void search(std::string_view mode, double seconds);
+    void search(std::string_view mode, double seconds, bool degraded);
     void embedding(bool ok, double seconds);
     void statement(double seconds);
 

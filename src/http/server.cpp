@@ -231,6 +231,8 @@ int status_for(ErrorCode code) {
             return 404;
         case ErrorCode::conflict:
             return 409;
+        case ErrorCode::bad_gateway:
+            return 502;
         case ErrorCode::unavailable:
         case ErrorCode::config:
         case ErrorCode::migration:
@@ -536,14 +538,18 @@ struct Server::Impl {
         }
         if (auto ok = restrict_scopes(c.who, r.filters); !ok) return ok;
         auto start = Clock::now();
-        auto hits = store.search(r);
+        std::string degraded;
+        auto hits = store.search(r, &degraded);
         if (!hits) return std::unexpected(hits.error());
         metrics.search(store::to_string(r.mode.value_or(
                            store::parse_mode(config.search.mode).value_or(store::Mode::hybrid))),
-                       std::chrono::duration<double>(Clock::now() - start).count());
+                       std::chrono::duration<double>(Clock::now() - start).count(),
+                       !degraded.empty());
         json results = json::array();
         for (const auto& h : *hits) results.push_back(store::to_json(h));
-        send(c.res, 200, {{"results", results}});
+        json answer = {{"results", results}};
+        if (!degraded.empty()) answer["degraded"] = degraded;
+        send(c.res, 200, answer);
         return {};
     }
 
@@ -735,18 +741,20 @@ struct Server::Impl {
         c.res.set_header("Cache-Control", "no-cache");
         c.res.set_chunked_content_provider(
             "text/event-stream", [this, q](std::size_t, httplib::DataSink& sink) {
+                // is_writable() sees a client that hung up (its FIN), where the first write
+                // after it would still succeed; the agent then stops instead of paying the model.
                 auto event = [&](std::string_view name, const json& data) {
                     std::string text =
                         fmt::format("event: {}\ndata: {}\n\n", name,
                                     data.dump(-1, ' ', false, json::error_handler_t::replace));
-                    return sink.write(text.data(), text.size());
+                    return sink.is_writable() && sink.write(text.data(), text.size());
                 };
                 agent::Events events;
                 events.on_text = [&](std::string_view delta) {
-                    event("text", {{"text", std::string(delta)}});
+                    return event("text", {{"text", std::string(delta)}});
                 };
                 events.on_tool = [&](const std::string& tool, const json& arguments) {
-                    event("tool", {{"name", tool}, {"arguments", arguments}});
+                    return event("tool", {{"name", tool}, {"arguments", arguments}});
                 };
                 auto answer = agent->ask(q, &events);
                 if (answer) {

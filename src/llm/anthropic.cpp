@@ -26,29 +26,21 @@ class Anthropic : public ChatModel {
     Result<ChatReply> chat(const ChatRequest& request, const TextFn* on_text) override {
         json body = request_body(request, on_text != nullptr);
         if (!on_text) {
-            auto r = detail::call(endpoint_, body, nullptr);
-            if (!r) return std::unexpected(r.error());
-            auto j = detail::parse_json(endpoint_, r->body);
+            auto j = detail::call_json(endpoint_, body);
             if (!j) return std::unexpected(j.error());
             return reply_from(*j);
         }
         Stream s;
         s.self = this;
         s.on_text = on_text;
-        detail::SseParser parser(
-            [&](std::string_view event, std::string_view data) { return s.on_event(event, data); });
-        // A field of the wrong type throws; that must not unwind through libcurl's callback.
-        http::StreamFn fn = [&](std::string_view chunk) {
-            try {
-                return parser.feed(chunk);
-            } catch (const json::exception& e) {
-                s.error = malformed(e.what());
-                return false;
-            }
-        };
-        auto r = detail::call(endpoint_, body, &fn);
-        if (s.error) return std::unexpected(*s.error);
-        if (!r) return std::unexpected(r.error());
+        if (auto ok = detail::stream(
+                endpoint_, body,
+                [&](std::string_view event, std::string_view data) {
+                    return s.on_event(event, data);
+                },
+                s.error, [this](const std::string& what) { return malformed(what); });
+            !ok)
+            return std::unexpected(ok.error());
         if (!s.stopped)
             return fail(ErrorCode::unavailable,
                         fmt::format("{} stream ended before message_stop (connection cut?)",
@@ -94,7 +86,7 @@ class Anthropic : public ChatModel {
     }
 
     Error malformed(const std::string& what) const {
-        return Error{ErrorCode::internal,
+        return Error{ErrorCode::bad_gateway,
                      fmt::format("{} sent a malformed message: {}", endpoint_.provider, what),
                      "",
                      {}};
@@ -179,7 +171,7 @@ class Anthropic : public ChatModel {
                 if (dtype == "text_delta" && d.contains("text") && d["text"].is_string()) {
                     std::string text = d["text"].get<std::string>();
                     it->second.text += text;
-                    (*on_text)(text);
+                    if (!detail::pass_text(*on_text, text, error)) return false;
                 } else if (dtype == "input_json_delta" && d.contains("partial_json") &&
                            d["partial_json"].is_string()) {
                     it->second.partial_json += d["partial_json"].get<std::string>();
@@ -194,13 +186,13 @@ class Anthropic : public ChatModel {
                 const json& err = e.value("error", json::object());
                 std::string kind = err.is_object() ? err.value("type", "error") : "error";
                 std::string message = err.is_object() ? err.value("message", "") : "";
-                error =
-                    Error{kind == "overloaded_error" || kind == "api_error" ? ErrorCode::unavailable
-                                                                            : ErrorCode::internal,
-                          fmt::format("{} stream failed: {}: {}", self->endpoint_.provider, kind,
-                                      message),
-                          "try again later",
-                          {}};
+                error = Error{kind == "overloaded_error" || kind == "api_error"
+                                  ? ErrorCode::unavailable
+                                  : ErrorCode::bad_gateway,
+                              fmt::format("{} stream failed: {}: {}", self->endpoint_.provider,
+                                          kind, message),
+                              "try again later",
+                              {}};
                 return false;
             }
             return true;  // message_start, content_block_stop, ping

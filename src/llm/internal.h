@@ -2,6 +2,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -39,7 +40,20 @@ struct Endpoint {
 Result<http::Response> call(const Endpoint& endpoint, const nlohmann::json& body,
                             const http::StreamFn* stream);
 
-// A JSON body, or an internal error naming the provider.
+// A JSON body, or a bad-gateway error naming the provider.
 Result<nlohmann::json> parse_json(const Endpoint& endpoint, std::string_view text);
+
+// A non-streamed call's JSON answer.
+Result<nlohmann::json> call_json(const Endpoint& endpoint, const nlohmann::json& body);
+
+// A streamed call: its events go to `on_event` until it returns false. An error the handler
+// left in `error` wins over the transport's; a json::exception thrown by the handler (a field
+// of the wrong type) becomes `malformed(what)` there rather than unwinding through libcurl.
+Status stream(const Endpoint& endpoint, const nlohmann::json& body,
+              const SseParser::EventFn& on_event, std::optional<Error>& error,
+              const std::function<Error(const std::string&)>& malformed);
+
+// Passes streamed text on; when the listener is gone, records why in `error` and says stop.
+bool pass_text(const TextFn& on_text, std::string_view text, std::optional<Error>& error);
 
 }  // namespace ka::llm::detail

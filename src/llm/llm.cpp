@@ -46,10 +46,40 @@ bool SseParser::line(std::string_view l) {
 Result<nlohmann::json> parse_json(const Endpoint& endpoint, std::string_view text) {
     auto j = nlohmann::json::parse(text, nullptr, false);
     if (j.is_discarded() || !j.is_object())
-        return fail(ErrorCode::internal,
+        return fail(ErrorCode::bad_gateway,
                     fmt::format("{} at {} sent a malformed answer (not a JSON object)",
                                 endpoint.provider, endpoint.url));
     return j;
+}
+
+Result<nlohmann::json> call_json(const Endpoint& endpoint, const nlohmann::json& body) {
+    auto r = call(endpoint, body, nullptr);
+    if (!r) return std::unexpected(r.error());
+    return parse_json(endpoint, r->body);
+}
+
+Status stream(const Endpoint& endpoint, const nlohmann::json& body,
+              const SseParser::EventFn& on_event, std::optional<Error>& error,
+              const std::function<Error(const std::string&)>& malformed) {
+    SseParser parser(on_event);
+    http::StreamFn fn = [&](std::string_view chunk) {
+        try {
+            return parser.feed(chunk);
+        } catch (const nlohmann::json::exception& e) {
+            error = malformed(e.what());
+            return false;
+        }
+    };
+    auto r = call(endpoint, body, &fn);
+    if (error) return std::unexpected(*error);
+    if (!r) return std::unexpected(r.error());
+    return {};
+}
+
+bool pass_text(const TextFn& on_text, std::string_view text, std::optional<Error>& error) {
+    if (text.empty() || on_text(text)) return true;
+    error = Error{ErrorCode::unavailable, "the answer's listener went away", "", {}};
+    return false;
 }
 
 Result<http::Response> call(const Endpoint& endpoint, const nlohmann::json& body,
@@ -80,7 +110,7 @@ Result<http::Response> call(const Endpoint& endpoint, const nlohmann::json& body
     if (http::retryable(r->status))
         return fail(ErrorCode::unavailable, what,
                     "the provider is overloaded or failing; try again later");
-    return fail(ErrorCode::internal, what);
+    return fail(ErrorCode::bad_gateway, what);
 }
 
 }  // namespace detail

@@ -56,8 +56,9 @@ struct ChatReply {
     std::string stop_reason;  // end_turn | tool_use | max_tokens (normalised across providers)
 };
 
-// Receives answer text as it streams.
-using TextFn = std::function<void(std::string_view delta)>;
+// Receives answer text as it streams; false when nobody listens any more (e.g. the HTTP client
+// disconnected): the model call is then abandoned.
+using TextFn = std::function<bool(std::string_view delta)>;
 
 class ChatModel {
   public:

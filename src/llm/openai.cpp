@@ -37,29 +37,19 @@ class OpenAI : public ChatModel {
     Result<ChatReply> chat(const ChatRequest& request, const TextFn* on_text) override {
         json body = request_body(request, on_text != nullptr);
         if (!on_text) {
-            auto r = detail::call(endpoint_, body, nullptr);
-            if (!r) return std::unexpected(r.error());
-            auto j = detail::parse_json(endpoint_, r->body);
+            auto j = detail::call_json(endpoint_, body);
             if (!j) return std::unexpected(j.error());
             return reply_from(*j);
         }
         Stream s;
         s.self = this;
         s.on_text = on_text;
-        detail::SseParser parser(
-            [&](std::string_view, std::string_view data) { return s.on_data(data); });
-        // A field of the wrong type throws; that must not unwind through libcurl's callback.
-        http::StreamFn fn = [&](std::string_view chunk) {
-            try {
-                return parser.feed(chunk);
-            } catch (const json::exception& e) {
-                s.error = malformed(e.what());
-                return false;
-            }
-        };
-        auto r = detail::call(endpoint_, body, &fn);
-        if (s.error) return std::unexpected(*s.error);
-        if (!r) return std::unexpected(r.error());
+        if (auto ok = detail::stream(
+                endpoint_, body,
+                [&](std::string_view, std::string_view data) { return s.on_data(data); }, s.error,
+                [this](const std::string& what) { return malformed(what); });
+            !ok)
+            return std::unexpected(ok.error());
         if (!s.done && s.reply.stop_reason.empty())
             return fail(
                 ErrorCode::unavailable,
@@ -118,7 +108,7 @@ class OpenAI : public ChatModel {
     }
 
     Error malformed(const std::string& what) const {
-        return Error{ErrorCode::internal,
+        return Error{ErrorCode::bad_gateway,
                      fmt::format("{} sent a malformed completion: {}", endpoint_.provider, what),
                      "",
                      {}};
@@ -198,7 +188,7 @@ class OpenAI : public ChatModel {
             if (delta.contains("content") && delta["content"].is_string()) {
                 std::string text = delta["content"].get<std::string>();
                 reply.text += text;
-                if (!text.empty()) (*on_text)(text);
+                if (!detail::pass_text(*on_text, text, error)) return false;
             }
             if (delta.contains("tool_calls") && delta["tool_calls"].is_array()) {
                 for (const auto& c : delta["tool_calls"]) {

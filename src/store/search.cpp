@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "log/log.h"
 #include "store/internal.h"
 #include "store/store.h"
 
@@ -38,7 +39,8 @@ std::vector<Hit> to_hits(const db::PgResult& r) {
     for (int i = 0; i < r.rows(); ++i) {
         Hit h;
         h.entry = row_to_entry(r, i);
-        h.similarity = std::strtod(r.text(i, kEntryColumnCount).c_str(), nullptr);
+        if (!r.is_null(i, kEntryColumnCount))
+            h.similarity = std::strtod(r.text(i, kEntryColumnCount).c_str(), nullptr);
         h.score = std::strtod(r.text(i, kEntryColumnCount + 1).c_str(), nullptr);
         hits.push_back(std::move(h));
     }
@@ -106,7 +108,7 @@ Result<std::vector<Hit>> vector_search(db::Connection& conn, const Query& q, con
 Result<std::vector<Hit>> text_search(db::Connection& conn, const std::string& query,
                                      const std::string* vector, int k, const Filters& filters) {
     db::Params params{query};
-    std::string similarity = "0::float8";
+    std::string similarity = "NULL::float8";
     if (vector) {
         params.push_back(db::Param::bytes(*vector));
         similarity = "1 - (embedding <=> $2::vector)";
@@ -128,6 +130,13 @@ Result<std::vector<Hit>> text_search(db::Connection& conn, const std::string& qu
     auto r = run(conn, sql, params);
     if (!r) return std::unexpected(r.error());
     return to_hits(*r);
+}
+
+// Sets each hit's 1-based rank.
+Result<std::vector<Hit>> numbered(Result<std::vector<Hit>> hits) {
+    if (!hits) return hits;
+    for (std::size_t i = 0; i < hits->size(); ++i) (*hits)[i].rank = static_cast<int>(i) + 1;
+    return hits;
 }
 
 }  // namespace
@@ -152,7 +161,8 @@ std::string_view to_string(Mode mode) {
     return "hybrid";
 }
 
-Result<std::vector<Hit>> Store::search(const SearchRequest& request) {
+Result<std::vector<Hit>> Store::search(const SearchRequest& request, std::string* degraded) {
+    if (degraded) degraded->clear();
     int k = request.k == 0 ? config_.search.default_k : request.k;
     if (k < 1 || k > config_.search.max_k) {
         return fail(ErrorCode::invalid_argument,
@@ -186,7 +196,20 @@ Result<std::vector<Hit>> Store::search(const SearchRequest& request) {
         vector = *request.query_vector;
     } else {
         auto embedded = embedder_.embed(std::vector<std::string>{query}, embed::Purpose::query);
-        if (!embedded) return std::unexpected(embedded.error());
+        if (!embedded) {
+            const Error& e = embedded.error();
+            bool provider_fault =
+                e.code == ErrorCode::unavailable || e.code == ErrorCode::bad_gateway;
+            if (mode == Mode::vector || !config_.search.text_fallback || !provider_fault)
+                return std::unexpected(e);
+            // Full text needs no provider: an answer ranked by words beats no answer.
+            log::warn("Search ran on full text only",
+                      {{"mode", std::string(to_string(mode))}, {"error", e.message}});
+            if (degraded) *degraded = "full-text search only: " + e.message;
+            auto conn = pool_.acquire();
+            if (!conn) return std::unexpected(conn.error());
+            return numbered(text_search(**conn, query, nullptr, k, request.filters));
+        }
         if (embedded->size() != 1)
             return fail(ErrorCode::internal, "the embedder returned no vector for the query");
         if (auto ok = check_vector(embedded->front(), config_.embedding.dimensions); !ok) {
@@ -227,7 +250,8 @@ Result<std::vector<Hit>> Store::search(const SearchRequest& request) {
         }
         std::vector<Hit> merged;
         for (auto& [id, h] : fused) {
-            if (h.similarity >= request.min_similarity) merged.push_back(std::move(h));
+            if (h.similarity.value_or(-1.0) >= request.min_similarity)
+                merged.push_back(std::move(h));
         }
         std::sort(merged.begin(), merged.end(), [](const Hit& a, const Hit& b) {
             return a.score != b.score ? a.score > b.score : a.entry.id < b.entry.id;
@@ -235,9 +259,7 @@ Result<std::vector<Hit>> Store::search(const SearchRequest& request) {
         if (static_cast<int>(merged.size()) > k) merged.resize(static_cast<std::size_t>(k));
         hits = std::move(merged);
     }
-    if (!hits) return hits;
-    for (std::size_t i = 0; i < hits->size(); ++i) (*hits)[i].rank = static_cast<int>(i) + 1;
-    return hits;
+    return numbered(std::move(hits));
 }
 
 }  // namespace ka::store

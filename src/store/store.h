@@ -90,9 +90,9 @@ struct SearchRequest {
 
 struct Hit {
     Entry entry;
-    double similarity = 0;  // 1 - cosine distance
-    int rank = 0;           // 1-based
-    double score = 0;       // mode-specific: similarity, text rank, or fused RRF score
+    std::optional<double> similarity;  // 1 - cosine distance; unknown in a full-text fallback
+    int rank = 0;                      // 1-based
+    double score = 0;                  // mode-specific: similarity, text rank, or fused RRF score
 };
 
 struct ListRequest {
@@ -167,7 +167,10 @@ class Store {
     Status remove(const std::string& id, const Filters& within = {});
     Result<Page> list(const ListRequest& request);
     Result<long long> count(const Filters& filters);
-    Result<std::vector<Hit>> search(const SearchRequest& request);
+    // When the embedding provider fails (unavailable or a bad answer) and search.text_fallback is
+    // on, text and hybrid searches run on full text alone: *degraded (if given) is set to why,
+    // similarities are unknown (0) and min_similarity is not applied. Otherwise it is cleared.
+    Result<std::vector<Hit>> search(const SearchRequest& request, std::string* degraded = nullptr);
     Result<Stats> stats();
 
     // JSONL in, one entry per line; bad lines are reported, never half-written.

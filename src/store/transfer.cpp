@@ -127,7 +127,7 @@ json to_json(const Entry& e) {
 json to_json(const Hit& h) {
     json j = to_json(h.entry);
     j["rank"] = h.rank;
-    j["similarity"] = h.similarity;
+    j["similarity"] = h.similarity ? json(*h.similarity) : json(nullptr);
     j["score"] = h.score;
     return j;
 }

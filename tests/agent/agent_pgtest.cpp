@@ -718,9 +718,13 @@ TEST_F(AgentTest, EventsStreamTextAndToolCalls) {
     std::vector<std::string> deltas;
     std::vector<std::pair<std::string, json>> tools;
     Events events;
-    events.on_text = [&](std::string_view d) { deltas.emplace_back(d); };
+    events.on_text = [&](std::string_view d) {
+        deltas.emplace_back(d);
+        return true;
+    };
     events.on_tool = [&](const std::string& name, const json& args) {
         tools.emplace_back(name, args);
+        return true;
     };
     auto a = agent->ask(ask_as("When are deploys?"), &events);
     ASSERT_TRUE(a) << what(a) << " refused: " << json(fake->refused()).dump();
@@ -762,7 +766,10 @@ TEST_F(AgentTest, OpenAIWireFormatToolRound) {
     // Streaming through the same format.
     std::string joined;
     Events events;
-    events.on_text = [&](std::string_view d) { joined += d; };
+    events.on_text = [&](std::string_view d) {
+        joined += d;
+        return true;
+    };
     auto streamed = agent->ask(ask_as("When are deploys?"), &events);
     ASSERT_TRUE(streamed) << what(streamed) << " refused: " << json(fake->refused()).dump();
     EXPECT_EQ(streamed->text, "Tuesdays [" + deploy.id + "].");
@@ -774,7 +781,7 @@ TEST_F(AgentTest, ModelFailureIsReported) {
     fake->script(nullptr);  // the fake answers 400 to everything
     auto a = agent->ask(ask_as("Anything?"));
     ASSERT_FALSE(a);
-    EXPECT_EQ(a.error().code, ErrorCode::internal) << what(a);
+    EXPECT_EQ(a.error().code, ErrorCode::bad_gateway) << what(a);
     EXPECT_TRUE(contains(a.error().message, "Anthropic")) << what(a);
 }
 
@@ -798,7 +805,10 @@ TEST_F(AgentTest, RetrievalOnlyListsTheBestEntries) {
     add("Lunch is served at noon in the kitchen.");
     std::string streamed;
     Events events;
-    events.on_text = [&](std::string_view d) { streamed += d; };
+    events.on_text = [&](std::string_view d) {
+        streamed += d;
+        return true;
+    };
     auto a = agent->ask(ask_as("where is the deploy runbook?"), &events);
     ASSERT_TRUE(a) << what(a);
     EXPECT_TRUE(contains(a->text, "No LLM is configured")) << a->text;

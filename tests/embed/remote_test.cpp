@@ -334,7 +334,7 @@ TEST(RemoteEmbedder, MalformedBodiesAreClearErrors) {
         std::vector<std::string> texts{"x"};
         auto r = e.embed(texts, Purpose::document);
         ASSERT_FALSE(r) << c.body;
-        EXPECT_EQ(r.error().code, ErrorCode::internal) << c.body;
+        EXPECT_EQ(r.error().code, ErrorCode::bad_gateway) << c.body;
         EXPECT_NE(r.error().message.find("malformed"), std::string::npos) << message_of(r);
         EXPECT_NE(r.error().message.find(c.fragment), std::string::npos) << message_of(r);
     }
@@ -351,7 +351,7 @@ TEST(RemoteEmbedder, WrongNumberOfEmbeddingsIsRejected) {
     std::vector<std::string> texts{"a", "b"};
     auto r = e.embed(texts, Purpose::document);
     ASSERT_FALSE(r);
-    EXPECT_EQ(r.error().code, ErrorCode::internal);
+    EXPECT_EQ(r.error().code, ErrorCode::bad_gateway);
     EXPECT_NE(r.error().message.find("1 embeddings for 2 inputs"), std::string::npos)
         << message_of(r);
 }
@@ -374,7 +374,7 @@ TEST(RemoteEmbedder, NonFiniteOrNonNumericValuesAreRejected) {
         std::vector<std::string> texts{"x"};
         auto r = e.embed(texts, Purpose::document);
         ASSERT_FALSE(r) << c.last;
-        EXPECT_EQ(r.error().code, ErrorCode::internal) << c.last;
+        EXPECT_EQ(r.error().code, ErrorCode::bad_gateway) << c.last;
         EXPECT_NE(r.error().message.find(c.fragment), std::string::npos) << message_of(r);
     }
 
@@ -607,7 +607,7 @@ TEST(RemoteEmbedder, OpenAIBadIndexesAreRejected) {
         std::vector<std::string> texts{"zero", "one"};
         auto r = e.embed(texts, Purpose::document);
         ASSERT_FALSE(r) << c.name;
-        EXPECT_EQ(r.error().code, ErrorCode::internal) << c.name;
+        EXPECT_EQ(r.error().code, ErrorCode::bad_gateway) << c.name;
         EXPECT_NE(r.error().message.find(c.fragment), std::string::npos)
             << c.name << ": " << message_of(r);
     }

@@ -51,6 +51,7 @@ struct Turn {
     std::string text;
     std::vector<Call> calls;
     int status = 200;
+    std::chrono::milliseconds stall{0};  // streamed: pause after the first text delta
 };
 
 std::string sse(const json& data) {
@@ -225,12 +226,19 @@ class FakeModel {
             return;
         }
         auto text = std::make_shared<std::string>(message_stream(turn));
-        res.set_chunked_content_provider("text/event-stream",
-                                         [text](std::size_t, httplib::DataSink& sink) {
-                                             sink.write(text->data(), text->size());
-                                             sink.done();
-                                             return true;
-                                         });
+        auto stall = turn.stall;
+        res.set_chunked_content_provider(
+            "text/event-stream", [text, stall](std::size_t, httplib::DataSink& sink) {
+                std::size_t cut = 0;
+                if (stall.count() > 0) {
+                    cut = text->find("\n\n", text->find("content_block_delta")) + 2;
+                    if (!sink.write(text->data(), cut)) return false;
+                    std::this_thread::sleep_for(stall);
+                }
+                sink.write(text->data() + cut, text->size() - cut);
+                sink.done();
+                return true;
+            });
     }
 
     httplib::Server server_;
@@ -545,6 +553,49 @@ TEST_F(AskTest, ModelFailureIsAnErrorInEitherForm) {
     EXPECT_EQ(events.back().name, "error") << s;
     EXPECT_EQ(events.back().data["error"]["code"], "unavailable") << s;
     EXPECT_TRUE(contains(events.back().data["error"]["message"].get<std::string>(), "529")) << s;
+}
+
+// A client that hangs up mid-answer stops the agent: the model's stream is dropped, the tool
+// call it was about to make is not run, and no further model round is paid for.
+TEST_F(AskTest, ClientDisconnectStopsTheStreamedAnswer) {
+    start({.model = true, .keys = true});
+    fake.script([](const json& request) -> Turn {
+        if (!tool_results(request).empty()) return {"Saved.", {}};
+        Turn t{"I will save that for you now. ",
+               {{"toolu_w", "save_to_memory", {{"content", "Deploys freeze on Fridays"}}}}};
+        t.stall = 800ms;
+        return t;
+    });
+    {
+        httplib::Client client("127.0.0.1", port);
+        client.set_read_timeout(30s);
+        httplib::Request req;
+        req.method = "POST";
+        req.path = "/api/v1/ask";
+        req.headers = {{"Authorization", "Bearer " + kWriter}};
+        req.set_header("Content-Type", "application/json");
+        req.body = json{{"question", "Remember the Friday freeze"}, {"stream", true}}.dump();
+        std::string got;
+        req.content_receiver = [&](const char* data, std::size_t n, std::uint64_t, std::uint64_t) {
+            got.append(data, n);
+            return got.find("event: text") == std::string::npos;  // hang up after the first
+        };
+        httplib::Response res;
+        httplib::Error error = httplib::Error::Success;
+        EXPECT_FALSE(client.send(req, res, error));
+        EXPECT_TRUE(contains(got, "event: text")) << got;
+    }  // the client and its socket are gone
+    // The stall ends 800 ms after the first delta; give the server time to act on the rest.
+    std::this_thread::sleep_for(2500ms);
+    EXPECT_EQ(fake.requests().size(), 1u) << "a second model round ran for nobody";
+    EXPECT_EQ(count(), 0) << "the tool call ran for nobody";
+
+    // The server is fine: the same question with a listening client saves and answers.
+    Reply r = ask({{"question", "Remember the Friday freeze"}, {"stream", true}}, kWriter);
+    ASSERT_EQ(r.status, 200) << r;
+    EXPECT_EQ(events_of(r.body).back().name, "done") << r;
+    EXPECT_EQ(count(), 1);
+    EXPECT_EQ(fake.requests().size(), 3u);
 }
 
 // An empty history turn is allowed by the API and skipped on the way to the model (which

@@ -502,7 +502,10 @@ std::string what(const Result<ChatReply>& r) {
 // Collects streamed deltas.
 struct Deltas {
     std::vector<std::string> got;
-    TextFn fn = [this](std::string_view d) { got.emplace_back(d); };
+    TextFn fn = [this](std::string_view d) {
+        got.emplace_back(d);
+        return true;
+    };
     std::string joined() const {
         std::string s;
         for (const auto& d : got) s += d;
@@ -764,7 +767,7 @@ TEST_F(AnthropicTest, BadRequestIsAnInternalErrorWithTheProvidersMessage) {
                            400));
     auto reply = model()->chat(question(), nullptr);
     ASSERT_FALSE(reply);
-    EXPECT_EQ(reply.error().code, ErrorCode::internal) << what(reply);
+    EXPECT_EQ(reply.error().code, ErrorCode::bad_gateway) << what(reply);
     EXPECT_NE(reply.error().message.find("tool_use ids must be unique"), std::string::npos)
         << what(reply);
     EXPECT_EQ(fake.requests(), 1u);
@@ -801,14 +804,14 @@ TEST_F(AnthropicTest, MalformedBodyIsAnInternalError) {
     fake.always(html);
     auto r = model()->chat(question(), nullptr);
     ASSERT_FALSE(r);
-    EXPECT_EQ(r.error().code, ErrorCode::internal) << what(r);
+    EXPECT_EQ(r.error().code, ErrorCode::bad_gateway) << what(r);
     EXPECT_NE(r.error().message.find("Anthropic"), std::string::npos) << what(r);
 
     // JSON, but not a message.
     fake.always(json_reply({{"type", "message"}, {"role", "assistant"}}));
     r = model()->chat(question(), nullptr);
     ASSERT_FALSE(r);
-    EXPECT_EQ(r.error().code, ErrorCode::internal) << what(r);
+    EXPECT_EQ(r.error().code, ErrorCode::bad_gateway) << what(r);
 
     // A tool_use block whose input is not an object.
     fake.always(json_reply(anthropic_message(
@@ -816,7 +819,7 @@ TEST_F(AnthropicTest, MalformedBodyIsAnInternalError) {
         "tool_use")));
     r = model()->chat(question(), nullptr);
     ASSERT_FALSE(r);
-    EXPECT_EQ(r.error().code, ErrorCode::internal) << what(r);
+    EXPECT_EQ(r.error().code, ErrorCode::bad_gateway) << what(r);
 }
 
 TEST_F(AnthropicTest, ErrorEventMidStreamIsAnError) {
@@ -881,7 +884,7 @@ TEST_F(AnthropicTest, WronglyTypedStreamEventsAreInternalErrors) {
         Result<ChatReply> r = fail(ErrorCode::internal, "not run");
         EXPECT_NO_THROW(r = model()->chat(question(), &deltas.fn));
         ASSERT_FALSE(r) << what(r);
-        EXPECT_TRUE(r.error().code == ErrorCode::internal ||
+        EXPECT_TRUE(r.error().code == ErrorCode::bad_gateway ||
                     r.error().code == ErrorCode::unavailable)
             << what(r);
     }
@@ -1158,21 +1161,21 @@ TEST_F(OpenAITest, MalformedBodyIsAnInternalError) {
     fake.always(truncated);
     auto r = model()->chat(question(), nullptr);
     ASSERT_FALSE(r);
-    EXPECT_EQ(r.error().code, ErrorCode::internal) << what(r);
+    EXPECT_EQ(r.error().code, ErrorCode::bad_gateway) << what(r);
     EXPECT_NE(r.error().message.find("OpenAI-compatible"), std::string::npos) << what(r);
 
     fake.always(json_reply(
         {{"id", "chatcmpl-1"}, {"object", "chat.completion"}, {"choices", json::array()}}));
     r = model()->chat(question(), nullptr);
     ASSERT_FALSE(r);
-    EXPECT_EQ(r.error().code, ErrorCode::internal) << what(r);
+    EXPECT_EQ(r.error().code, ErrorCode::bad_gateway) << what(r);
 
     // A stream chunk that is not JSON.
     fake.always(stream_reply("data: {\"choices\": [\n\n"));
     Deltas deltas;
     r = model()->chat(question(), &deltas.fn);
     ASSERT_FALSE(r);
-    EXPECT_EQ(r.error().code, ErrorCode::internal) << what(r);
+    EXPECT_EQ(r.error().code, ErrorCode::bad_gateway) << what(r);
 }
 
 TEST_F(OpenAITest, ErrorChunkMidStreamIsAnError) {
@@ -1206,7 +1209,7 @@ TEST_F(OpenAITest, WronglyTypedStreamChunksAreInternalErrors) {
         Result<ChatReply> r = fail(ErrorCode::internal, "not run");
         EXPECT_NO_THROW(r = model()->chat(question(), &deltas.fn));
         ASSERT_FALSE(r) << what(r);
-        EXPECT_TRUE(r.error().code == ErrorCode::internal ||
+        EXPECT_TRUE(r.error().code == ErrorCode::bad_gateway ||
                     r.error().code == ErrorCode::unavailable)
             << what(r);
     }

@@ -311,8 +311,14 @@ TEST_F(McpServerTest, BadToolArgumentsAreToolErrorsTheModelCanFix) {
 
     // A store failure is a tool error too.
     embedder.failing = true;
-    EXPECT_TRUE(contains(error_text(call(*server, "search_memory", {{"query", "deploys"}})),
-                         "embedding provider is down"));
+    EXPECT_TRUE(
+        contains(error_text(call(*server, "save_to_memory", {{"content", "deploys on Fridays"}})),
+                 "embedding provider is down"));
+    EXPECT_EQ(entries(), 0);
+    // A search degrades to full text and tells the model why.
+    json degraded = payload(call(*server, "search_memory", {{"query", "deploys"}}));
+    EXPECT_TRUE(contains(degraded.value("degraded", ""), "embedding provider is down"))
+        << degraded.dump();
 }
 
 TEST_F(McpServerTest, MalformedToolCallsAreInvalidParams) {

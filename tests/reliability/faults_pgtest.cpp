@@ -4,6 +4,7 @@
 // saving the same text at once. Every test is bounded in time; figures are printed as
 // "[reliability] ..." lines for RELIABILITY.md.
 #include <fcntl.h>
+#include <pwd.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -562,11 +563,10 @@ TEST_P(ProviderFault, SaveFailsCleanlyAndWritesNothing) {
     auto started = Clock::now();
     Reply failed = save(port, "A new fact the provider cannot embed right now");
     double seconds = std::chrono::duration<double>(Clock::now() - started).count();
-    // down and slow: the provider is unavailable (503); garbage: an unexpected upstream
-    // answer, which status_for maps to 500 "internal" (see RELIABILITY.md).
-    int expected = fault == "garbage" ? 500 : 503;
+    // down and slow: the provider is unavailable (503); garbage: a bad gateway (502).
+    int expected = fault == "garbage" ? 502 : 503;
     EXPECT_EQ(failed.status, expected) << failed;
-    EXPECT_TRUE(is_error(failed, fault == "garbage" ? "internal" : "unavailable")) << failed;
+    EXPECT_TRUE(is_error(failed, fault == "garbage" ? "bad_gateway" : "unavailable")) << failed;
     std::string message = error_text(failed);
     EXPECT_TRUE(test::contains(message, "embeddings")) << message;
     if (fault == "garbage") {
@@ -583,19 +583,33 @@ TEST_P(ProviderFault, SaveFailsCleanlyAndWritesNothing) {
     EXPECT_EQ(send(port, "GET", "/api/v1/memories/" + seeded.j()["id"].get<std::string>()).status,
               200);
     EXPECT_EQ(send(port, "GET", "/api/v1/memories").status, 200);
-    // Every search mode embeds the query (text mode too, for the similarity column): it fails
-    // the same way as the save, with the same clear error, rather than degrading to text only.
+    // Text and hybrid searches fall back to full text (search.text_fallback is on by default)
+    // and say so; vector search cannot, and fails like the save.
     std::map<std::string, int> search_status;
     for (const char* mode : {"text", "hybrid", "vector"}) {
         Reply found = search(port, "billing export", mode);
         search_status[mode] = found.status;
-        if (found.status == 200) {
-            EXPECT_FALSE(found.j()["results"].empty()) << mode << " " << found;
-        } else {
+        if (std::string(mode) == "vector") {
             EXPECT_EQ(found.status, expected) << mode << " " << found;
             EXPECT_TRUE(test::contains(error_text(found), "embeddings")) << found;
+            continue;
         }
+        ASSERT_EQ(found.status, 200) << mode << " " << found;
+        const json body = found.j();
+        const json& results = body["results"];
+        ASSERT_EQ(results.size(), 1u) << mode << " " << found;
+        EXPECT_EQ(results[0]["id"], seeded.j()["id"]);
+        EXPECT_TRUE(results[0]["similarity"].is_null()) << found;
+        EXPECT_TRUE(test::contains(found.j().value("degraded", ""), "full-text search only"))
+            << found;
+        EXPECT_TRUE(test::contains(found.j().value("degraded", ""), "embeddings")) << found;
     }
+    Reply metrics = send(port, "GET", "/metrics");
+    EXPECT_TRUE(
+        test::contains(metrics.body, "knowledge_agent_search_degraded_total{mode=\"text\"} 1"))
+        << metrics.body;
+    EXPECT_TRUE(
+        test::contains(metrics.body, "knowledge_agent_search_degraded_total{mode=\"hybrid\"} 1"));
     EXPECT_EQ(scalar(conn, "SELECT count(*) FROM memory_entries"), 1);
 
     // The provider back: saves work again without restarting anything.
@@ -604,7 +618,10 @@ TEST_P(ProviderFault, SaveFailsCleanlyAndWritesNothing) {
         provider.set(FakeProvider::Mode::ok);
         Reply back = save(port, "A new fact saved once the provider is back");
         EXPECT_EQ(back.status, 201) << back;
-        recovered = back.status == 201;
+        Reply found = search(port, "billing export", "hybrid");
+        EXPECT_EQ(found.status, 200) << found;
+        EXPECT_FALSE(found.j().contains("degraded")) << found;
+        recovered = back.status == 201 && found.status == 200;
     }
     print_figure(
         fmt::format("provider-{} save_status={} save_seconds={:.2f} rows_written=0 dedup_save=200 "
@@ -617,7 +634,150 @@ TEST_P(ProviderFault, SaveFailsCleanlyAndWritesNothing) {
 INSTANTIATE_TEST_SUITE_P(Faults, ProviderFault, ::testing::Values("down", "slow", "garbage"),
                          [](const auto& p) { return std::string(p.param); });
 
+TEST_F(Reliability, WithoutTextFallbackEverySearchFailsWhileTheProviderIsDown) {
+    test::TestDatabase db;
+    FakeProvider provider(16);
+    Served served(db.url(), yaml(4, 5,
+                                 fmt::format("embedding:\n"
+                                             "  provider: openai\n"
+                                             "  model: fake-embed\n"
+                                             "  base_url: http://127.0.0.1:{}\n"
+                                             "  dimensions: 16\n"
+                                             "  max_retries: 0\n"
+                                             "search:\n"
+                                             "  text_fallback: false\n",
+                                             provider.port())));
+    ASSERT_EQ(save(served.port(), "The billing export runs nightly").status, 201);
+    provider.stop();
+    for (const char* mode : {"text", "hybrid", "vector"}) {
+        Reply found = search(served.port(), "billing export", mode);
+        EXPECT_EQ(found.status, 503) << mode << " " << found;
+        EXPECT_TRUE(is_error(found, "unavailable")) << found;
+    }
+}
+
 // --- a read-only database ----------------------------------------------------------------------
+
+// --- the database's disk full --------------------------------------------------------------
+
+// memory_entries moved onto a tiny tmpfs tablespace, so PostgreSQL really runs out of space
+// (ENOSPC, SQLSTATE 53100) while saves arrive. Where mounting is not permitted (an unprivileged
+// container), a trigger raises the same SQLSTATE instead, and the figure line says which.
+class FullDisk {
+  public:
+    FullDisk(const test::TestDatabase& db, const db::EmbeddedCluster& cluster)
+        : db_(db), dir_(test::unique_dir("full-disk")), name_(fmt::format("ka_full_{}", getpid())) {
+        uid_t uid = getuid();
+        gid_t gid = getgid();
+        if (!cluster.run_as.empty()) {
+            if (passwd* pw = getpwnam(cluster.run_as.c_str())) {
+                uid = pw->pw_uid;
+                gid = pw->pw_gid;
+            }
+        }
+        std::filesystem::create_directories(dir_);
+        auto mounted = run_process({"mount", "-t", "tmpfs", "-o",
+                                    fmt::format("size=256k,uid={},gid={},mode=0700", uid, gid),
+                                    "tmpfs", dir_.string()});
+        real_ = mounted && mounted->exit_code == 0;
+        if (real_) {
+            db_.sql(fmt::format("CREATE TABLESPACE {} LOCATION '{}'", name_, dir_.string()));
+            db_.sql(fmt::format("ALTER TABLE memory_entries SET TABLESPACE {}", name_));
+        } else {
+            db_.sql(
+                "CREATE FUNCTION ka_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'could not extend file: No space left on device' USING "
+                "ERRCODE = 'disk_full'; END $$");
+            db_.sql(
+                "CREATE TRIGGER ka_disk_full BEFORE INSERT ON memory_entries FOR EACH ROW "
+                "EXECUTE FUNCTION ka_disk_full()");
+        }
+    }
+    // Makes room: a bigger filesystem, or the trigger gone.
+    void free_space() {
+        if (real_)
+            run_process({"mount", "-o", "remount,size=64m", dir_.string()});
+        else
+            db_.sql("DROP TRIGGER ka_disk_full ON memory_entries");
+    }
+    ~FullDisk() {
+        if (!real_) return;
+        try {
+            db_.sql("ALTER TABLE memory_entries SET TABLESPACE pg_default");
+            db_.sql("DROP TABLESPACE " + name_);
+        } catch (...) {
+        }
+        run_process({"umount", dir_.string()});
+        std::error_code ignored;
+        std::filesystem::remove(dir_, ignored);
+    }
+    bool real() const { return real_; }
+
+  private:
+    const test::TestDatabase& db_;
+    std::filesystem::path dir_;
+    std::string name_;
+    bool real_ = false;
+};
+
+TEST_F(Reliability, DiskFullRefusesSavesClearlyKeepsReadsAndLosesNothing) {
+    test::TestDatabase db;
+    Served served(db.url(), yaml(4, 5));
+    const int port = served.port();
+    Reply seeded = save(port, "Backups are verified every Sunday night");
+    ASSERT_EQ(seeded.status, 201) << seeded;
+    FullDisk disk(db, test::shared_cluster());
+
+    std::vector<std::string> acknowledged;
+    Reply refused;
+    int attempts = 0;
+    for (; attempts < 3000; ++attempts) {
+        Reply r =
+            save(port, fmt::format("Filler fact number {} about the {} service, owned by "
+                                   "team {} and deployed from {}",
+                                   attempts, attempts * 7919 % 1000, attempts % 37, attempts % 11));
+        if (r.status != 201) {
+            refused = r;
+            break;
+        }
+        acknowledged.push_back(r.j()["id"].get<std::string>());
+    }
+    ASSERT_NE(refused.status, 0) << "no answer: " << refused.error;
+    EXPECT_EQ(refused.status, 503) << refused;
+    EXPECT_TRUE(is_error(refused, "unavailable")) << refused;
+    EXPECT_TRUE(test::contains(error_text(refused), "53100")) << refused;
+    EXPECT_TRUE(test::contains(refused.j()["error"].value("hint", ""), "disk space")) << refused;
+    // Every later save is refused the same way; nothing crashes, reads keep working.
+    int later_refused = 0;
+    for (int i = 0; i < 5; ++i) {
+        Reply r = save(port, fmt::format("Another fact that does not fit, number {}", i));
+        if (r.status == 503 && test::contains(error_text(r), "53100")) ++later_refused;
+    }
+    EXPECT_EQ(later_refused, 5);
+    EXPECT_EQ(send(port, "GET", "/health").status, 200);
+    Reply found = search(port, "backups verified Sunday", "hybrid");
+    EXPECT_EQ(found.status, 200) << found;
+    EXPECT_EQ(send(port, "GET", "/api/v1/memories/" + seeded.j()["id"].get<std::string>()).status,
+              200);
+
+    disk.free_space();
+    Reply back = save(port, "Saved once the disk has room again");
+    EXPECT_EQ(back.status, 201) << back;
+    // Every acknowledged save is there; no refused one is.
+    auto conn = db.connect();
+    long long rows = scalar(conn, "SELECT count(*) FROM memory_entries");
+    EXPECT_EQ(rows, static_cast<long long>(acknowledged.size()) + 2);
+    long long lost = 0;
+    for (const auto& id : acknowledged)
+        if (send(port, "GET", "/api/v1/memories/" + id).status != 200) ++lost;
+    EXPECT_EQ(lost, 0);
+    print_figure(
+        fmt::format("disk-full fault={} saves_acknowledged={} first_refusal_status={} "
+                    "later_refusals=5/{} reads_ok=yes after_free_space={} lost={} "
+                    "message=\"{}\"",
+                    disk.real() ? "tmpfs-256k-tablespace" : "injected-53100", acknowledged.size(),
+                    refused.status, later_refused, back.status, lost, error_text(refused)));
+}
 
 TEST_F(Reliability, ReadOnlyDatabaseRefusesWritesClearlyAndStillAnswersReads) {
     test::TestDatabase db;

@@ -100,7 +100,7 @@ TEST_F(StoreTest, AddGetUpdateDelete) {
     auto hits = store->search(query("wednesdays.", 1, Mode::vector));
     ASSERT_TRUE(hits && hits->size() == 1);
     EXPECT_EQ((*hits)[0].entry.id, saved.id);
-    EXPECT_GT((*hits)[0].similarity, 0.3);
+    EXPECT_GT((*hits)[0].similarity.value_or(0), 0.3);
 
     ASSERT_TRUE(store->remove(saved.id));
     auto gone = store->get(saved.id);

@@ -335,7 +335,7 @@ TEST_F(TermStats, RareQueryWordsOutweighCommonOnes) {
     EXPECT_EQ((*hits)[0].rank, 1);
     if (hits->size() > 1) {
         EXPECT_TRUE((*hits)[1].entry.content.starts_with("server"));
-        EXPECT_GT((*hits)[0].similarity, (*hits)[1].similarity);
+        EXPECT_GT((*hits)[0].similarity.value_or(0), (*hits)[1].similarity.value_or(0));
     }
 }
 
