@@ -104,7 +104,7 @@ void add_store_commands(CLI::App& app, const Globals& g, int& exit) {
         std::string scope, source, author;
         int k = 0, limit = 20, ef_search = 0, batch_size = 500;
         double min_similarity = -1;
-        bool no_embeddings = false;
+        bool no_embeddings = false, defer_index = false;
         FilterOptions filter;
     };
     auto st = std::make_shared<State>();
@@ -305,6 +305,8 @@ void add_store_commands(CLI::App& app, const Globals& g, int& exit) {
     import->add_option("--batch-size", st->batch_size, "lines per transaction")
         ->check(CLI::Range(1, 100000));
     import->add_flag("--json", st->json, "machine-readable report");
+    import->add_flag("--defer-index", st->defer_index,
+                     "drop the HNSW index and rebuild it after the import (bulk loads)");
     import->callback([&g, &exit, st] {
         std::ifstream file;
     std::uint64_t size = 0;
@@ -326,6 +328,7 @@ void add_store_commands(CLI::App& app, const Globals& g, int& exit) {
     store::ImportOptions options;
     options.default_scope = st->scope;
     options.batch_size = st->batch_size;
+    options.defer_index = st->defer_index;
     options.progress = [&](std::uint64_t bytes, std::uint64_t lines) {
         progress.update(bytes, lines);
     };

@@ -302,17 +302,18 @@ Result<std::vector<Added>> Store::add_batch(std::vector<NewEntry> entries) {
         return std::unexpected(ok.error());
 
     CopyWriter copy;
-    std::vector<std::string> hashes;
+    std::map<std::string, std::size_t> ord_of_id;
     for (std::size_t i = 0; i < entries.size(); ++i) {
         const auto& e = entries[i];
-        hashes.push_back(sha256(e.content));
+        std::string id = e.id.value_or(new_uuid_v7());
         copy.row(13);
         std::uint32_t ord = htonl(static_cast<std::uint32_t>(i));
         copy.bytes(std::string_view(reinterpret_cast<const char*>(&ord), 4));
-        copy.uuid(e.id.value_or(new_uuid_v7()));
+        copy.uuid(id);
+        ord_of_id.emplace(std::move(id), i);
         copy.bytes(e.scope);
         copy.bytes(e.content);
-        copy.bytes(hashes.back());
+        copy.bytes(sha256(e.content));
         copy.bytes(e.metadata.dump());
         copy.text_array(e.tags);
         copy.optional(e.source);
@@ -340,24 +341,33 @@ Result<std::vector<Added>> Store::add_batch(std::vector<NewEntry> entries) {
         "metadata::jsonb, tags, "
         "source, author, embedding, embedding_model, coalesce(created_at::timestamptz, now()), "
         "coalesce(updated_at::timestamptz, created_at::timestamptz, now()) FROM ka_stage ORDER BY "
-        "ord ON CONFLICT DO NOTHING RETURNING id::text");
+        "ord ON CONFLICT DO NOTHING RETURNING " +
+        std::string(kEntryColumns));
     if (!inserted) return rollback(inserted.error());
-    std::set<std::string> created;
-    for (int i = 0; i < inserted->rows(); ++i) created.insert(inserted->text(i, 0));
-    // Every staged row with the entry it became or duplicated (columns resolve to the entry).
-    auto rows = c.exec(fmt::format(
-        "SELECT s.ord, e.* FROM ka_stage s CROSS JOIN LATERAL (SELECT {} FROM "
-        "memory_entries m WHERE m.scope = s.scope AND m.content_hash = s.content_hash) e",
-        kEntryColumns));
-    if (!rows) return rollback(rows.error());
     std::vector<std::optional<Added>> by_ord(entries.size());
     TermDelta delta;
-    for (int i = 0; i < rows->rows(); ++i) {
-        Entry entry = row_to_entry(*rows, i, 1);
-        // created.erase: the same text twice in one batch counts once.
-        bool is_new = created.erase(entry.id) == 1;
-        if (is_new) count_terms(delta, embedder_.term_features(entry.content), 1);
-        by_ord[static_cast<std::size_t>(rows->integer(i, 0))] = Added{std::move(entry), is_new};
+    for (int i = 0; i < inserted->rows(); ++i) {
+        Entry entry = row_to_entry(*inserted, i);
+        count_terms(delta, embedder_.term_features(entry.content), 1);
+        std::size_t ord = ord_of_id.at(entry.id);
+        by_ord[ord] = Added{std::move(entry), true};
+    }
+    // The rows that did not land (a fresh import has none): the entry each duplicates.
+    std::string missing;
+    for (std::size_t i = 0; i < by_ord.size(); ++i)
+        if (!by_ord[i]) missing += fmt::format("{}{}", missing.empty() ? "" : ",", i);
+    if (!missing.empty()) {
+        auto rows = c.exec(fmt::format("SELECT s.ord, e.* FROM ka_stage s CROSS JOIN LATERAL "
+                                       "(SELECT {} FROM memory_entries m WHERE m.scope = s.scope "
+                                       "AND m.content_hash = s.content_hash) e WHERE s.ord = "
+                                       "ANY($1::int[])",
+                                       kEntryColumns),
+                           {"{" + missing + "}"});
+        if (!rows) return rollback(rows.error());
+        for (int i = 0; i < rows->rows(); ++i) {
+            by_ord[static_cast<std::size_t>(rows->integer(i, 0))] =
+                Added{row_to_entry(*rows, i, 1), false};
+        }
     }
     // A row that neither landed nor duplicates an entry (its id is taken by other content)
     // fails the whole batch before it commits: a batch is all or nothing.

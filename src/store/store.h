@@ -125,6 +125,11 @@ struct ImportOptions {
     int batch_size = 500;
     std::vector<std::string> allowed_scopes;  // non-empty: lines in other scopes are rejected
     std::function<void(std::uint64_t bytes_read, std::uint64_t lines)> progress;
+    // Drop the HNSW index first and rebuild it afterwards (also after a failed import): a bulk
+    // load then costs a fraction of inserting into the live index. Vector searches meanwhile
+    // scan exactly (slow, still right). A killed import leaves the index to prepare(), which
+    // rebuilds a missing one at the next start.
+    bool defer_index = false;
 };
 
 struct ImportReport {
@@ -187,6 +192,8 @@ class Store {
     embed::Embedder& embedder() { return embedder_; }
 
   private:
+    Result<ImportReport> import_lines(std::istream& in, const ImportOptions& options);
+
     db::Pool& pool_;
     embed::Embedder& embedder_;
     const config::Config& config_;

@@ -1,6 +1,7 @@
 // Import and export: round trip, bad lines, re-runs, batches that fail as a whole.
 #include <sstream>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "db/startup.h"
@@ -60,6 +61,50 @@ TEST_F(Transfer, ImportsAndIsSafeToRerun) {
     EXPECT_EQ((*rollback)[0].entry.scope, "ops");
     EXPECT_EQ((*rollback)[0].entry.created_at, "2026-01-02T03:04:05.123456Z");
     EXPECT_EQ((*rollback)[0].entry.author, "ana");
+}
+
+// Batches are written on a second thread while the next is parsed: reports still add up and
+// list rejected lines in file order, whichever thread found them.
+TEST_F(Transfer, ManySmallBatchesReportInFileOrder) {
+    std::string text;
+    for (int i = 1; i <= 40; ++i) {
+        if (i % 7 == 0)
+            text += "{\"content\": 7}\n";  // rejected while parsing
+        else if (i % 10 == 0)
+            text += "{\"content\": \"line 1\"}\n";  // a duplicate of line 1
+        else
+            text += fmt::format("{{\"content\": \"line {}\"}}\n", i);
+    }
+    auto r = import(text, 3);
+    EXPECT_EQ(r.lines, 40u);
+    EXPECT_EQ(r.added, 31u);
+    EXPECT_EQ(r.duplicates, 4u);
+    ASSERT_EQ(r.rejected.size(), 5u);
+    for (std::size_t i = 0; i < r.rejected.size(); ++i) EXPECT_EQ(r.rejected[i].line, 7 * (i + 1));
+    EXPECT_EQ(*store->count({}), 31);
+}
+
+TEST_F(Transfer, DeferredIndexImportDropsAndRebuildsTheIndex) {
+    auto index = [&] {
+        auto r = db.connect().exec(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_memory_entries_embedding'");
+        return r && r->rows() == 1 ? r->text(0, 0) : std::string();
+    };
+    ASSERT_FALSE(index().empty());
+    store::ImportOptions o = options(2);
+    o.defer_index = true;
+    bool dropped_during_import = false;
+    o.progress = [&](std::uint64_t, std::uint64_t) { dropped_during_import |= index().empty(); };
+    std::istringstream in(kGood);
+    auto r = store->import_jsonl(in, o);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(r->added, 3u);
+    EXPECT_TRUE(dropped_during_import);
+    std::string rebuilt = index();
+    EXPECT_TRUE(contains(rebuilt, "hnsw")) << rebuilt;
+    EXPECT_TRUE(contains(rebuilt, fmt::format("m='{}'", config.index.hnsw.m))) << rebuilt;
+    auto found = store->search({"rollback", 1, {}, -1, Mode::vector, {}, {}});
+    ASSERT_TRUE(found && found->size() == 1);
 }
 
 TEST_F(Transfer, BadLinesAreReportedAndNeverHalfWritten) {
