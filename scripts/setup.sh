@@ -14,7 +14,7 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(
   build-essential cmake pkg-config dpkg-dev ca-certificates openssl util-linux clang-format
   "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" libpq-dev
-  libcurl4-openssl-dev libssl-dev libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
+  libcurl4-openssl-dev libssl-dev libyaml-cpp-dev nlohmann-json3-dev libsimdjson-dev libspdlog-dev libfmt-dev
   libcli11-dev libcpp-httplib-dev libstemmer-dev prometheus-cpp-dev curl
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-19 libclang-rt-19-dev  # the libFuzzer targets (fuzz/, KA_FUZZ): g++ has no libFuzzer

@@ -4,6 +4,7 @@
 #include <set>
 
 #include <fmt/format.h>
+#include <simdjson.h>
 #include <nlohmann/json.hpp>
 
 #include "log/log.h"
@@ -32,28 +33,56 @@ std::unexpected<Error> bad(std::string why) {
     return std::unexpected(Error{ErrorCode::invalid_argument, std::move(why), "", {}});
 }
 
-// One import line -> a validated entry, or the reason it is rejected.
-Result<NewEntry> parse_line(const std::string& line, const std::string& default_scope,
-                            const config::Config& config) {
-    if (line.size() > kMaxImportLineBytes)
-        return bad(fmt::format("line is longer than {} bytes", kMaxImportLineBytes));
-    bool too_deep = false;
-    json j = json::parse(
-        line,
-        [&](int depth, json::parse_event_t, json&) {
-            if (depth > kMaxLineDepth) too_deep = true;
-            return !too_deep;
-        },
-        false);
-    if (too_deep) return bad(fmt::format("line is nested deeper than {} levels", kMaxLineDepth));
-    if (j.is_discarded()) return bad("not valid JSON");
-    return parse_entry(j, default_scope, config);
-}
-
 }  // namespace
 
+Result<NewEntry> parse_import_line(const std::string& line, const std::string& default_scope,
+                                   const config::Config& config) {
+    if (line.size() > kMaxImportLineBytes)
+        return bad(fmt::format("line is longer than {} bytes", kMaxImportLineBytes));
+    thread_local simdjson::dom::parser parser;
+    thread_local bool allocated = false;
+    if (!allocated) {
+        if (parser.allocate(64 * 1024, kMaxLineDepth) != simdjson::SUCCESS)
+            return fail(ErrorCode::internal, "cannot allocate the JSON parser");
+        allocated = true;
+    }
+    simdjson::dom::element doc;
+    if (auto err = parser.parse(line).get(doc); err) {
+        if (err == simdjson::DEPTH_ERROR)
+            return bad(fmt::format("line is nested deeper than {} levels", kMaxLineDepth));
+        return bad("not valid JSON");
+    }
+    simdjson::dom::object object;
+    if (doc.get_object().get(object)) return bad("expected a JSON object");
+    // The embedding straight into floats; every other field through parse_entry (small).
+    json rest = json::object();
+    std::optional<embed::Vector> embedding;
+    for (auto field : object) {
+        std::string key(field.key);
+        if (key != "embedding" || field.value.is_null()) {
+            if (key == "embedding") embedding.reset();  // a repeated key: the last one wins
+            json value = json::parse(simdjson::minify(field.value), nullptr, false);
+            if (value.is_discarded()) return bad("not valid JSON");
+            rest[key] = std::move(value);
+            continue;
+        }
+        simdjson::dom::array array;
+        if (field.value.get_array().get(array)) return bad("embedding must be an array of numbers");
+        embed::Vector v;
+        v.reserve(array.size());
+        for (auto x : array) {
+            double d = 0;
+            if (x.get_double().get(d)) return bad("embedding must be an array of numbers");
+            v.push_back(static_cast<float>(d));
+        }
+        rest.erase("embedding");
+        embedding = std::move(v);
+    }
+    return parse_entry(rest, default_scope, config, std::move(embedding));
+}
+
 Result<NewEntry> parse_entry(const json& j, const std::string& default_scope,
-                             const config::Config& config) {
+                             const config::Config& config, std::optional<embed::Vector> embedding) {
     if (!j.is_object()) return bad("expected a JSON object");
     NewEntry e;
     e.scope = default_scope;
@@ -99,7 +128,9 @@ Result<NewEntry> parse_entry(const json& j, const std::string& default_scope,
             e.tags.push_back(t.get<std::string>());
         }
     }
-    if (j.contains("embedding") && !j["embedding"].is_null()) {
+    if (embedding) {
+        e.embedding = std::move(embedding);
+    } else if (j.contains("embedding") && !j["embedding"].is_null()) {
         if (!j["embedding"].is_array()) return bad("embedding must be an array of numbers");
         embed::Vector v;
         v.reserve(j["embedding"].size());
@@ -221,7 +252,7 @@ Result<ImportReport> Store::import_lines(std::istream& in, const ImportOptions& 
         ++report.lines;
         bytes += line.size() + 1;
         if (trim(line).empty()) continue;
-        auto entry = parse_line(line, default_scope, config_);
+        auto entry = parse_import_line(line, default_scope, config_);
         if (entry && !options.allowed_scopes.empty() &&
             std::find(options.allowed_scopes.begin(), options.allowed_scopes.end(), entry->scope) ==
                 options.allowed_scopes.end()) {
