@@ -831,10 +831,8 @@ int main(int argc, char** argv) {
     {
         std::ispanstream in(std::span<const char>(jsonl.data(), jsonl.size()));
         std::size_t ok = 0;
-        for (std::string line; std::getline(in, line);) {
-            auto j = json::parse(line, nullptr, false);
-            ok += ka::store::parse_entry(j, std::string(kScope), config).has_value();
-        }
+        for (std::string line; std::getline(in, line);)
+            ok += ka::store::parse_import_line(line, std::string(kScope), config).has_value();
         if (ok != rows) die("parse check failed");
     }
     double parse_s = since(t0);
