@@ -834,6 +834,10 @@ Server::Server(const config::Config& config, store::Store& store, db::Pool& pool
     svr.set_read_timeout(config.server.request_timeout, 0);
     svr.set_write_timeout(config.server.request_timeout, 0);
     svr.set_keep_alive_timeout(5);
+    // cpp-httplib closes a connection after 5 requests by default: under load every client then
+    // reconnects constantly, and Debian's build listens with a backlog of 5, so a starved
+    // acceptor drops handshakes (seen as clients' read errors in the 32-client load test).
+    svr.set_keep_alive_max_count(100);
     // Small JSON answers must not wait for the peer's delayed ACK (~40 ms per request).
     svr.set_tcp_nodelay(true);
     impl_->register_routes();
