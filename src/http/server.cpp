@@ -1,11 +1,15 @@
 #include "http/server.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <random>
 #include <thread>
 
@@ -23,6 +27,31 @@
 
 namespace ka::http {
 namespace {
+
+// Debian's compiled cpp-httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG): a burst
+// of new connections overflows it and clients get resets ("Read" errors). listen() on a socket
+// that already listens sets a new backlog (Linux); the socket is the one bound to our port.
+void raise_listen_backlog(int port) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+        int fd = 0;
+        const std::string name = entry.path().filename().string();
+        if (std::from_chars(name.data(), name.data() + name.size(), fd).ec != std::errc()) continue;
+        int listening = 0;
+        socklen_t length = sizeof listening;
+        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) != 0 || !listening)
+            continue;
+        sockaddr_storage address{};
+        socklen_t size = sizeof address;
+        if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) != 0) continue;
+        int bound = address.ss_family == AF_INET
+                        ? ntohs(reinterpret_cast<const sockaddr_in&>(address).sin_port)
+                    : address.ss_family == AF_INET6
+                        ? ntohs(reinterpret_cast<const sockaddr_in6&>(address).sin6_port)
+                        : -1;
+        if (bound == port) ::listen(fd, SOMAXCONN);
+    }
+}
 
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
@@ -854,6 +883,7 @@ Result<int> Server::bind() {
         return fail(ErrorCode::unavailable,
                     fmt::format("cannot listen on {}:{}", c.server.host, c.server.port),
                     "is another process using the port? change server.port or server.host");
+    raise_listen_backlog(port);
     return port;
 }
 
