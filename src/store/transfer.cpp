@@ -225,8 +225,8 @@ Result<ImportReport> Store::import_lines(std::istream& in, const ImportOptions& 
         }
         return done;
     };
-    // Batch n is written on a second thread while batch n+1 is parsed: parsing 768 floats a
-    // line costs about as much as the database's work on it.
+    // Batch n is written on a second thread while batch n+1 is parsed, so the parsing (about a
+    // seventh of the database's time per batch with simdjson) costs no wall time.
     std::future<Result<ImportReport>> in_flight;
     std::uint64_t bytes = 0;
     auto finish_in_flight = [&]() -> Status {

@@ -536,19 +536,24 @@ class FakeProvider {
 
 class ProviderFault : public Reliability, public ::testing::WithParamInterface<const char*> {};
 
+// Server configuration with `provider` as the OpenAI-compatible embedding endpoint (no retries).
+std::string with_provider(const FakeProvider& provider, const std::string& extra) {
+    return yaml(4, 5,
+                fmt::format("embedding:\n"
+                            "  provider: openai\n"
+                            "  model: fake-embed\n"
+                            "  base_url: http://127.0.0.1:{}\n"
+                            "  dimensions: 16\n"
+                            "  max_retries: 0\n",
+                            provider.port()) +
+                    extra);
+}
+
 TEST_P(ProviderFault, SaveFailsCleanlyAndWritesNothing) {
     const std::string fault = GetParam();
     test::TestDatabase db;
     FakeProvider provider(16);
-    Served served(db.url(), yaml(4, 5,
-                                 fmt::format("embedding:\n"
-                                             "  provider: openai\n"
-                                             "  model: fake-embed\n"
-                                             "  base_url: http://127.0.0.1:{}\n"
-                                             "  dimensions: 16\n"
-                                             "  timeout: 1\n"
-                                             "  max_retries: 0\n",
-                                             provider.port())));
+    Served served(db.url(), with_provider(provider, "  timeout: 1\n"));
     const int port = served.port();
     const std::string known = "The billing export runs nightly at 02:00 UTC";
     Reply seeded = save(port, known);
@@ -637,16 +642,7 @@ INSTANTIATE_TEST_SUITE_P(Faults, ProviderFault, ::testing::Values("down", "slow"
 TEST_F(Reliability, WithoutTextFallbackEverySearchFailsWhileTheProviderIsDown) {
     test::TestDatabase db;
     FakeProvider provider(16);
-    Served served(db.url(), yaml(4, 5,
-                                 fmt::format("embedding:\n"
-                                             "  provider: openai\n"
-                                             "  model: fake-embed\n"
-                                             "  base_url: http://127.0.0.1:{}\n"
-                                             "  dimensions: 16\n"
-                                             "  max_retries: 0\n"
-                                             "search:\n"
-                                             "  text_fallback: false\n",
-                                             provider.port())));
+    Served served(db.url(), with_provider(provider, "search:\n  text_fallback: false\n"));
     ASSERT_EQ(save(served.port(), "The billing export runs nightly").status, 201);
     provider.stop();
     for (const char* mode : {"text", "hybrid", "vector"}) {
