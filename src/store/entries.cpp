@@ -4,7 +4,6 @@
 
 #include <cstring>
 #include <map>
-#include <set>
 
 #include <fmt/format.h>
 
