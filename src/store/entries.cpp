@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <map>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -21,7 +22,7 @@ Error not_found(const std::string& id) {
     return Error{ErrorCode::not_found, fmt::format("no entry {}", id), "", {}};
 }
 
-// COPY ... (FORMAT binary) encoding of one row of the staging table.
+// COPY ... (FORMAT binary) encoding.
 class CopyWriter {
   public:
     CopyWriter() { data_.append("PGCOPY\n\377\r\n\0", 11).append(8, '\0'); }
@@ -32,6 +33,20 @@ class CopyWriter {
         data_.append(v);
     }
     void optional(const std::optional<std::string>& v) { v ? bytes(*v) : null(); }
+    void int4(std::uint32_t v) {
+        put32(4);
+        put32(v);
+    }
+    void int8(std::int64_t v) {
+        put32(8);
+        put32(static_cast<std::uint32_t>(static_cast<std::uint64_t>(v) >> 32));
+        put32(static_cast<std::uint32_t>(v));
+    }
+    void jsonb(std::string_view text) {
+        put32(static_cast<std::uint32_t>(text.size() + 1));
+        data_.push_back('\1');  // jsonb's binary format: version 1, then the text
+        data_.append(text);
+    }
     void uuid(std::string_view text) {
         std::string raw;
         for (std::size_t i = 0; i < text.size(); ++i) {
@@ -95,10 +110,9 @@ Status copy_in(db::Connection& conn, const std::string& sql, const std::string& 
 
 constexpr std::string_view kStageTable =
     "CREATE TEMP TABLE IF NOT EXISTS ka_stage (ord int, id uuid, scope text, content text, "
-    "content_hash bytea, "
-    "metadata text, tags text[], source text, author text, created_at text, updated_at text, "
-    "embedding vector, "
-    "embedding_model text) ON COMMIT DELETE ROWS";
+    "content_hash bytea, metadata jsonb, tags text[], source text, author text, created_at "
+    "timestamptz, updated_at timestamptz, embedding vector, embedding_model text) ON COMMIT "
+    "DELETE ROWS";
 
 // One statement: the entry and, when it is new, its features' document frequencies.
 std::string insert_values_sql() {
@@ -288,7 +302,7 @@ Result<Added> Store::add(NewEntry entry) {
                 fmt::format("an entry with id {} already exists", e.id.value_or("?")));
 }
 
-Result<std::vector<Added>> Store::add_batch(std::vector<NewEntry> entries) {
+Result<std::vector<Saved>> Store::add_batch(std::vector<NewEntry> entries) {
     for (std::size_t i = 0; i < entries.size(); ++i) {
         if (auto ok = normalise(entries[i], config_); !ok) {
             Error e = ok.error();
@@ -296,82 +310,142 @@ Result<std::vector<Added>> Store::add_batch(std::vector<NewEntry> entries) {
             return std::unexpected(e);
         }
     }
-    if (entries.empty()) return std::vector<Added>{};
+    if (entries.empty()) return std::vector<Saved>{};
     if (auto ok = fill_embeddings(entries, embedder_, config_.embedding.dimensions); !ok)
         return std::unexpected(ok.error());
 
-    CopyWriter copy;
-    std::map<std::string, std::size_t> ord_of_id;
+    std::vector<Saved> out(entries.size());
+    std::vector<std::string> hashes, id_list, scope_list, hex_list;
+    std::set<std::string> ids, keys;
     for (std::size_t i = 0; i < entries.size(); ++i) {
-        const auto& e = entries[i];
-        std::string id = e.id.value_or(new_uuid_v7());
-        copy.row(13);
-        std::uint32_t ord = htonl(static_cast<std::uint32_t>(i));
-        copy.bytes(std::string_view(reinterpret_cast<const char*>(&ord), 4));
-        copy.uuid(id);
-        ord_of_id.emplace(std::move(id), i);
-        copy.bytes(e.scope);
-        copy.bytes(e.content);
-        copy.bytes(sha256(e.content));
-        copy.bytes(e.metadata.dump());
-        copy.text_array(e.tags);
-        copy.optional(e.source);
-        copy.optional(e.author);
-        copy.optional(e.created_at);
-        copy.optional(e.updated_at);
-        copy.bytes(vector_binary(*e.embedding));
-        copy.bytes(embedder_.model());
+        out[i].id = entries[i].id.value_or(new_uuid_v7());
+        hashes.push_back(sha256(entries[i].content));
+        ids.insert(out[i].id);
+        keys.insert(entries[i].scope + '\0' + hashes.back());
+        id_list.push_back(out[i].id);
+        scope_list.push_back(entries[i].scope);
+        std::string hex;
+        for (unsigned char byte : hashes.back()) hex += fmt::format("{:02x}", byte);
+        hex_list.push_back(std::move(hex));
     }
+    // Rows in COPY's binary format; with `ord` first for the staging table.
+    auto encode = [&](bool staged, std::int64_t now) {
+        CopyWriter copy;
+        for (std::size_t i = 0; i < entries.size(); ++i) {
+            const auto& e = entries[i];
+            copy.row(staged ? 13 : 12);
+            if (staged) copy.int4(static_cast<std::uint32_t>(i));
+            copy.uuid(out[i].id);
+            copy.bytes(e.scope);
+            copy.bytes(e.content);
+            copy.bytes(hashes[i]);
+            copy.jsonb(e.metadata.dump());
+            copy.text_array(e.tags);
+            copy.optional(e.source);
+            copy.optional(e.author);
+            // check_timestamp accepted them, so they convert.
+            std::int64_t created = e.created_at ? *timestamp_micros(*e.created_at) : now;
+            copy.int8(created);
+            copy.int8(e.updated_at ? *timestamp_micros(*e.updated_at) : created);
+            copy.bytes(vector_binary(*e.embedding));
+            copy.bytes(embedder_.model());
+        }
+        return copy.finish();
+    };
+    constexpr std::string_view kColumns =
+        "id, scope, content, content_hash, metadata, tags, source, author, created_at, "
+        "updated_at, embedding, embedding_model";
+
     auto conn = pool_.acquire();
     if (!conn) return std::unexpected(conn.error());
     auto& c = **conn;
-    auto rollback = [&](Error e) -> Result<std::vector<Added>> {
+    auto rollback = [&](Error e) -> Result<std::vector<Saved>> {
         (void)c.exec("ROLLBACK");
         return std::unexpected(std::move(e));
     };
-    if (auto ok = c.exec("BEGIN"); !ok) return std::unexpected(ok.error());
-    if (auto ok = c.exec(kStageTable); !ok) return rollback(ok.error());
-    if (auto ok = copy_in(c, "COPY ka_stage FROM STDIN (FORMAT binary)", copy.finish()); !ok)
-        return rollback(ok.error());
-    auto inserted = c.exec(
-        "INSERT INTO memory_entries (id, scope, content, content_hash, metadata, tags, source, "
-        "author, embedding, "
-        "embedding_model, created_at, updated_at) SELECT id, scope, content, content_hash, "
-        "metadata::jsonb, tags, "
-        "source, author, embedding, embedding_model, coalesce(created_at::timestamptz, now()), "
-        "coalesce(updated_at::timestamptz, created_at::timestamptz, now()) FROM ka_stage ORDER BY "
-        "ord ON CONFLICT DO NOTHING RETURNING " +
-        std::string(kEntryColumns));
-    if (!inserted) return rollback(inserted.error());
-    std::vector<std::optional<Added>> by_ord(entries.size());
-    TermDelta delta;
-    for (int i = 0; i < inserted->rows(); ++i) {
-        Entry entry = row_to_entry(*inserted, i);
-        count_terms(delta, embedder_.term_features(entry.content), 1);
-        std::size_t ord = ord_of_id.at(entry.id);
-        by_ord[ord] = Added{std::move(entry), true};
+    auto commit = [&]() -> Result<std::vector<Saved>> {
+        TermDelta delta;
+        for (std::size_t i = 0; i < entries.size(); ++i)
+            if (out[i].created) count_terms(delta, embedder_.term_features(entries[i].content), 1);
+        if (auto ok = apply_term_delta(c, delta); !ok) return rollback(ok.error());
+        if (auto ok = c.exec("COMMIT"); !ok) return std::unexpected(ok.error());
+        return out;
+    };
+    // The transaction's now(), in COPY's timestamptz format, and whether any id or text of the
+    // batch is stored already.
+    auto begin = [&]() -> Result<std::pair<std::int64_t, bool>> {
+        if (auto ok = c.exec("BEGIN"); !ok) return std::unexpected(ok.error());
+        auto probe = run(
+            c,
+            "SELECT (extract(epoch FROM now() - '2000-01-01 00:00:00+00') * 1000000)::int8, "
+            "EXISTS (SELECT 1 FROM memory_entries WHERE id = ANY($1::uuid[])) OR EXISTS (SELECT 1 "
+            "FROM unnest($2::text[], $3::text[]) AS u(scope, hash) JOIN memory_entries m ON "
+            "m.scope = u.scope AND m.content_hash = decode(u.hash, 'hex'))",
+            {text_array_literal(id_list), text_array_literal(scope_list),
+             text_array_literal(hex_list)});
+        if (!probe) {
+            (void)c.exec("ROLLBACK");
+            return std::unexpected(probe.error());
+        }
+        return std::pair{probe->integer(0, 0), probe->boolean(0, 1)};
+    };
+
+    // A fresh batch (the bulk of any import) goes straight into memory_entries, as fast as a
+    // plain COPY; a concurrent save of the same text can still win the race, so a unique
+    // violation sends the batch down the staging path below.
+    auto started = begin();
+    if (!started) return std::unexpected(started.error());
+    auto [now, any_stored] = *started;
+    if (!any_stored && ids.size() == entries.size() && keys.size() == entries.size()) {
+        auto copied =
+            copy_in(c, fmt::format("COPY memory_entries ({}) FROM STDIN (FORMAT binary)", kColumns),
+                    encode(false, now));
+        if (copied) {
+            for (auto& saved : out) saved.created = true;
+            return commit();
+        }
+        if (copied.error().code != ErrorCode::conflict) return rollback(copied.error());
+        (void)c.exec("ROLLBACK");
+        started = begin();
+        if (!started) return std::unexpected(started.error());
+        now = started->first;
     }
-    // The rows that did not land (a fresh import has none): the entry each duplicates.
+
+    // Staging: ON CONFLICT skips rows whose text is stored or repeated in the batch.
+    if (auto ok = c.exec(kStageTable); !ok) return rollback(ok.error());
+    if (auto ok = copy_in(c, "COPY ka_stage FROM STDIN (FORMAT binary)", encode(true, now)); !ok)
+        return rollback(ok.error());
+    auto inserted =
+        c.exec(fmt::format("INSERT INTO memory_entries ({0}) SELECT {0} FROM ka_stage "
+                           "ORDER BY ord ON CONFLICT DO NOTHING RETURNING id::text",
+                           kColumns));
+    if (!inserted) return rollback(inserted.error());
+    std::set<std::string> landed;
+    for (int i = 0; i < inserted->rows(); ++i) landed.insert(inserted->text(i, 0));
+    // The rows that did not land: the entry each duplicates.
     std::string missing;
-    for (std::size_t i = 0; i < by_ord.size(); ++i)
-        if (!by_ord[i]) missing += fmt::format("{}{}", missing.empty() ? "" : ",", i);
+    for (std::size_t i = 0; i < out.size(); ++i) {
+        out[i].created = landed.contains(out[i].id);
+        if (!out[i].created) missing += fmt::format("{}{}", missing.empty() ? "" : ",", i);
+    }
+    std::vector<bool> found(out.size());
     if (!missing.empty()) {
-        auto rows = c.exec(fmt::format("SELECT s.ord, e.* FROM ka_stage s CROSS JOIN LATERAL "
-                                       "(SELECT {} FROM memory_entries m WHERE m.scope = s.scope "
-                                       "AND m.content_hash = s.content_hash) e WHERE s.ord = "
-                                       "ANY($1::int[])",
-                                       kEntryColumns),
-                           {"{" + missing + "}"});
+        auto rows = c.exec(
+            "SELECT s.ord, m.id::text FROM ka_stage s JOIN memory_entries m ON "
+            "m.scope = s.scope AND m.content_hash = s.content_hash WHERE s.ord = "
+            "ANY($1::int[])",
+            {"{" + missing + "}"});
         if (!rows) return rollback(rows.error());
         for (int i = 0; i < rows->rows(); ++i) {
-            by_ord[static_cast<std::size_t>(rows->integer(i, 0))] =
-                Added{row_to_entry(*rows, i, 1), false};
+            auto ord = static_cast<std::size_t>(rows->integer(i, 0));
+            out[ord].id = rows->text(i, 1);
+            found[ord] = true;
         }
     }
     // A row that neither landed nor duplicates an entry (its id is taken by other content)
     // fails the whole batch before it commits: a batch is all or nothing.
-    for (std::size_t i = 0; i < by_ord.size(); ++i) {
-        if (!by_ord[i]) {
+    for (std::size_t i = 0; i < out.size(); ++i) {
+        if (!out[i].created && !found[i]) {
             return rollback(
                 Error{ErrorCode::conflict,
                       fmt::format("entry {}: an entry with id {} already exists with other content",
@@ -380,12 +454,7 @@ Result<std::vector<Added>> Store::add_batch(std::vector<NewEntry> entries) {
                       {}});
         }
     }
-    if (auto ok = apply_term_delta(c, delta); !ok) return rollback(ok.error());
-    if (auto ok = c.exec("COMMIT"); !ok) return std::unexpected(ok.error());
-
-    std::vector<Added> out;
-    for (auto& added : by_ord) out.push_back(std::move(*added));
-    return out;
+    return commit();
 }
 
 Result<Entry> Store::get(const std::string& id, const Filters& within) {

@@ -131,12 +131,45 @@ Status check_metadata(const nlohmann::json& metadata) {
 Status check_timestamp(std::string_view field, std::string_view value) {
     static const std::regex rfc3339(
         R"(\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,9})?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d))");
-    if (value.size() > 40 || !std::regex_match(value.begin(), value.end(), rfc3339)) {
+    if (value.size() > 40 || !std::regex_match(value.begin(), value.end(), rfc3339) ||
+        !timestamp_micros(value)) {
         return std::unexpected(
             invalid(fmt::format("{} '{}' is not an RFC 3339 timestamp", field, value.substr(0, 60)),
                     "use e.g. 2026-11-24T09:30:00Z"));
     }
     return {};
+}
+
+std::optional<std::int64_t> timestamp_micros(std::string_view v) {
+    auto num = [&](std::size_t pos, std::size_t len) {
+        int n = 0;
+        for (std::size_t i = pos; i < pos + len && i < v.size(); ++i) {
+            if (v[i] < '0' || v[i] > '9') return -1;
+            n = n * 10 + (v[i] - '0');
+        }
+        return n;
+    };
+    using namespace std::chrono;
+    year_month_day date{year{num(0, 4)}, month{static_cast<unsigned>(num(5, 2))},
+                        day{static_cast<unsigned>(num(8, 2))}};
+    if (v.size() < 20 || num(0, 4) < 1 || !date.ok()) return std::nullopt;
+    std::int64_t us =
+        (sys_days(date) - sys_days(year{2000} / January / 1)).count() * 86'400'000'000LL +
+        (num(11, 2) * 3600LL + num(14, 2) * 60 + num(17, 2)) * 1'000'000;
+    std::size_t pos = 19;
+    if (v[pos] == '.') {
+        std::size_t end = std::min(v.find_first_not_of("0123456789", pos + 1), v.size());
+        // As PostgreSQL rounds: rint() of the fraction read as a double, times a million.
+        us += static_cast<std::int64_t>(
+            std::rint(std::strtod(std::string(v.substr(pos, end - pos)).c_str(), nullptr) * 1e6));
+        pos = end;
+    }
+    if (pos < v.size() && v[pos] != 'Z' && v[pos] != 'z') {
+        if (num(pos + 1, 2) > 15) return std::nullopt;  // PostgreSQL's limit for an offset
+        std::int64_t offset = (num(pos + 1, 2) * 3600LL + num(pos + 4, 2) * 60) * 1'000'000;
+        us += v[pos] == '-' ? offset : -offset;
+    }
+    return us;
 }
 
 Status check_id(std::string_view id) {

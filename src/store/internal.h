@@ -26,6 +26,9 @@ Status check_scope(std::string_view scope);
 Status check_tags(const std::vector<std::string>& tags);
 Status check_metadata(const nlohmann::json& metadata);
 Status check_timestamp(std::string_view field, std::string_view value);
+// An RFC 3339 timestamp as microseconds since 2000-01-01 00:00:00 UTC (PostgreSQL's binary
+// timestamptz); nullopt where PostgreSQL refuses it (30 February, year 0, offsets past 15:59).
+std::optional<std::int64_t> timestamp_micros(std::string_view value);
 Status check_id(std::string_view id);
 Status check_vector(const embed::Vector& v, int dimensions);
 std::string trim(std::string_view text);

@@ -57,6 +57,12 @@ struct Added {
     bool created = false;  // false: the same text already existed in the scope (dedup)
 };
 
+// What add_batch did with one entry.
+struct Saved {
+    std::string id;  // the new entry's, or that of the entry whose text it repeats
+    bool created = false;
+};
+
 struct Patch {
     std::optional<std::string> content;  // re-embedded when it changes
     std::optional<nlohmann::json> metadata;
@@ -173,7 +179,8 @@ class Store {
     Status check_model();
 
     Result<Added> add(NewEntry entry);
-    Result<std::vector<Added>> add_batch(std::vector<NewEntry> entries);
+    // All or nothing, in one transaction; results in the entries' order.
+    Result<std::vector<Saved>> add_batch(std::vector<NewEntry> entries);
     Result<Entry> get(const std::string& id, const Filters& within = {});
     Result<Entry> update(const std::string& id, const Patch& patch, const Filters& within = {});
     Status remove(const std::string& id, const Filters& within = {});

@@ -1,5 +1,6 @@
 // Bulk import and export as JSON Lines, one entry per line.
 #include <algorithm>
+#include <deque>
 #include <future>
 #include <set>
 
@@ -18,6 +19,10 @@ using namespace detail;
 using nlohmann::json;
 
 constexpr int kExportFetch = 1000;
+// Batches written at once, each on its own connection and transaction, while the next is
+// parsed: two keep both cores of a small server busy (20k-row bench: 0.54x raw COPY instead
+// of 0.35x with one).
+constexpr std::size_t kImportWriters = 2;
 // Deeper import lines are refused while parsing: copying or printing a JSON value recurses once
 // per level, so a line of 100k nested brackets in a field would overflow the stack. No entry
 // the API accepts comes near this depth.
@@ -197,7 +202,7 @@ Result<ImportReport> Store::import_lines(std::istream& in, const ImportOptions& 
     // database stops the import (re-running it skips what was already imported).
     auto write = [this](Batch batch) -> Result<ImportReport> {
         ImportReport done;
-        auto tally = [&](const std::vector<Added>& added) {
+        auto tally = [&](const std::vector<Saved>& added) {
             for (const auto& a : added) ++(a.created ? done.added : done.duplicates);
         };
         auto added = add_batch(batch.entries);
@@ -225,13 +230,13 @@ Result<ImportReport> Store::import_lines(std::istream& in, const ImportOptions& 
         }
         return done;
     };
-    // Batch n is written on a second thread while batch n+1 is parsed, so the parsing (about a
-    // seventh of the database's time per batch with simdjson) costs no wall time.
-    std::future<Result<ImportReport>> in_flight;
+    // Up to kImportWriters batches are written on other threads while the next is parsed;
+    // their results are taken in file order.
+    std::deque<std::future<Result<ImportReport>>> in_flight;
     std::uint64_t bytes = 0;
-    auto finish_in_flight = [&]() -> Status {
-        if (!in_flight.valid()) return {};
-        auto done = in_flight.get();
+    auto finish_oldest = [&]() -> Status {
+        auto done = in_flight.front().get();
+        in_flight.pop_front();
         if (!done) return std::unexpected(done.error());
         report.added += done->added;
         report.duplicates += done->duplicates;
@@ -239,10 +244,23 @@ Result<ImportReport> Store::import_lines(std::istream& in, const ImportOptions& 
         if (options.progress) options.progress(bytes, report.lines);
         return {};
     };
+    auto finish_in_flight = [&]() -> Status {
+        Status first;
+        while (!in_flight.empty()) {
+            auto ok = finish_oldest();
+            if (!ok && first) first = ok;
+        }
+        return first;
+    };
     auto flush = [&](Batch& batch) -> Status {
-        if (auto ok = finish_in_flight(); !ok) return ok;
+        while (in_flight.size() >= kImportWriters) {
+            if (auto ok = finish_oldest(); !ok) {
+                (void)finish_in_flight();
+                return ok;
+            }
+        }
         if (batch.entries.empty()) return {};
-        in_flight = std::async(std::launch::async, write, std::move(batch));
+        in_flight.push_back(std::async(std::launch::async, write, std::move(batch)));
         batch = {};
         return {};
     };

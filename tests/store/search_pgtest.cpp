@@ -84,7 +84,7 @@ class Recall : public ::testing::Test {
             if (batch.size() == 1000) {
                 auto added = store.add_batch(std::move(batch));
                 ASSERT_TRUE(added) << added.error().message;
-                for (const auto& a : *added) ids.push_back(a.entry.id);
+                for (const auto& a : *added) ids.push_back(a.id);
                 batch.clear();
             }
         }

@@ -137,7 +137,7 @@ TEST_F(TermStats, BatchCountsRepeatedTextOnceAndSkipsExistingEntries) {
     EXPECT_TRUE((*batch)[0].created);
     EXPECT_FALSE((*batch)[1].created);
     EXPECT_FALSE((*batch)[2].created);
-    EXPECT_EQ((*batch)[2].entry.id, (*batch)[0].entry.id);
+    EXPECT_EQ((*batch)[2].id, (*batch)[0].id);
     EXPECT_TRUE((*batch)[3].created);
     EXPECT_EQ(entries(), 3);
     EXPECT_EQ(df_of("backups"), 1);

@@ -1,5 +1,7 @@
 // Import and export: round trip, bad lines, re-runs, batches that fail as a whole.
+#include <future>
 #include <sstream>
+#include <thread>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -197,6 +199,93 @@ TEST_F(Transfer, ExportThenImportIntoAnEmptyDatabaseReproducesEverything) {
     std::ostringstream bare;
     ASSERT_TRUE(store->export_jsonl(bare, {}, false));
     EXPECT_FALSE(contains(bare.str(), "embedding"));
+}
+
+// Import writes timestamps in PostgreSQL's binary format, converted here: every RFC 3339 form
+// must land as the instant PostgreSQL itself reads from the text.
+TEST_F(Transfer, TimestampsLandAsPostgreSQLReadsThem) {
+    const std::vector<std::string> stamps = {"2026-01-02T03:04:05Z",
+                                             "2026-01-02t03:04:05.5+02:30",
+                                             "2024-02-29 23:59:59.999999-11:00",
+                                             "1999-12-31T23:59:59.0000005z",
+                                             "1999-12-31T23:59:59.0000015Z",
+                                             "2000-01-01T00:00:00.9999996+00:00",
+                                             "1970-01-01T00:00:00Z",
+                                             "0001-01-01T00:00:00Z",
+                                             "9999-12-31T23:59:59.123456789-15:59"};
+    std::string lines;
+    for (std::size_t i = 0; i < stamps.size(); ++i) {
+        lines += fmt::format(
+                     R"({{"content": "stamp {}", "created_at": "{}", "metadata": {{"t": "{}"}}}})",
+                     i, stamps[i], stamps[i]) +
+                 "\n";
+    }
+    // Without updated_at, an entry was last updated when it was created.
+    lines +=
+        R"({"content": "both", "created_at": "2026-05-01T00:00:00Z", "updated_at": "2026-06-01T12:00:00.25-01:00", "metadata": {"t": "2026-05-01T00:00:00Z"}})"
+        "\n";
+    auto r = import(lines);
+    EXPECT_EQ(r.added, stamps.size() + 1);
+    EXPECT_EQ(db.sql("SELECT count(*) FROM memory_entries WHERE created_at = "
+                     "(metadata->>'t')::timestamptz")
+                  .integer(0, 0),
+              static_cast<long long>(stamps.size() + 1));
+    EXPECT_EQ(
+        db.sql("SELECT count(*) FROM memory_entries WHERE updated_at = created_at").integer(0, 0),
+        static_cast<long long>(stamps.size()));
+    EXPECT_EQ(db.sql("SELECT updated_at = '2026-06-01T12:00:00.25-01:00'::timestamptz FROM "
+                     "memory_entries WHERE content = 'both'")
+                  .text(0, 0),
+              "t");
+
+    auto bad = import(R"({"content": "no such day", "created_at": "2026-02-30T10:00:00Z"})"
+                      "\n"
+                      R"({"content": "no year 0", "created_at": "0000-06-01T10:00:00Z"})"
+                      "\n"
+                      R"({"content": "offset too far", "created_at": "2026-06-01T10:00:00+16:00"})"
+                      "\n");
+    EXPECT_EQ(bad.added, 0u);
+    ASSERT_EQ(bad.rejected.size(), 3u);
+    for (const auto& rejected : bad.rejected)
+        EXPECT_TRUE(contains(rejected.reason, "not an RFC 3339 timestamp")) << rejected.reason;
+}
+
+// A fresh batch is copied straight into memory_entries. When a concurrent save of one of its
+// texts commits while the copy waits on it, the batch falls back to the staging path: one entry
+// for that text, the others saved, nothing lost.
+TEST_F(Transfer, ABatchRacingAConcurrentSaveOfTheSameTextKeepsOneEntry) {
+    const std::string racer = "01900000-0000-7000-8000-000000000001";
+    auto other = db.connect();
+    ASSERT_TRUE(other.exec("BEGIN"));
+    ASSERT_TRUE(other.exec(fmt::format(
+        "INSERT INTO memory_entries (id, content, content_hash, embedding, embedding_model) "
+        "VALUES ('{}', 'Racing text', sha256(convert_to('Racing text', 'UTF8')), "
+        "array_fill(0.5, ARRAY[{}])::vector, '{}')",
+        racer, config.embedding.dimensions, embedder.model())));
+    auto batch = std::async(std::launch::async, [&] {
+        std::vector<NewEntry> entries(3);
+        entries[0].content = "First new text";
+        entries[1].content = "Racing text";
+        entries[2].content = "Second new text";
+        return store->add_batch(std::move(entries));
+    });
+    bool waited = false;
+    for (int i = 0; i < 500 && !waited; ++i) {
+        waited = db.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = '" + db.name() +
+                        "' AND wait_event_type = 'Lock'")
+                     .integer(0, 0) > 0;
+        if (!waited) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_TRUE(other.exec("COMMIT"));
+    auto saved = batch.get();
+    ASSERT_TRUE(waited) << "the batch's copy never waited on the uncommitted row";
+    ASSERT_TRUE(saved) << saved.error().message;
+    ASSERT_EQ(saved->size(), 3u);
+    EXPECT_TRUE((*saved)[0].created);
+    EXPECT_FALSE((*saved)[1].created);
+    EXPECT_EQ((*saved)[1].id, racer);
+    EXPECT_TRUE((*saved)[2].created);
+    EXPECT_EQ(*store->count({}), 3);
 }
 
 }  // namespace
