@@ -587,6 +587,14 @@ std::string jsonl_line(const Data& d, std::size_t i) {
     return line;
 }
 
+long build_memory_mb(std::size_t rows) {
+    return std::clamp<long>(static_cast<long>(rows / 100), 64, 12288);  // ~1 GB per 100k x 768
+}
+
+int build_workers() {
+    return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()) - 1);
+}
+
 std::string fmt_ms(double v) {
     return fmt::format("{:.2f}", v);
 }
@@ -682,6 +690,12 @@ int main(int argc, char** argv) {
         report["postgres"] = raw_scalar(admin, "SELECT current_setting('server_version')");
         raw_exec(admin, fmt::format("DROP DATABASE IF EXISTS {} WITH (FORCE)", kDatabase));
         raw_exec(admin, fmt::format("CREATE DATABASE {}", kDatabase));
+        // What docs/sizing.md tells operators to give HNSW builds, for every session in the
+        // database (the product's own index build included): ~1 GB per 100k x 768.
+        raw_exec(admin, fmt::format("ALTER DATABASE {} SET maintenance_work_mem = '{}MB'",
+                                    kDatabase, build_memory_mb(rows)));
+        raw_exec(admin, fmt::format("ALTER DATABASE {} SET max_parallel_maintenance_workers = {}",
+                                    kDatabase, build_workers()));
         PQfinish(admin);
     }
     ka::db::Target bench_target{bench_conninfo, "database ka_bench on " + target.label, false};
@@ -839,39 +853,40 @@ int main(int argc, char** argv) {
     load["product_import_parse_only"] = {
         {"rows", rows}, {"seconds", parse_s}, {"rows_per_s", rate(rows, parse_s)}};
 
-    // (4) product import with the index built afterwards (pgvector's advice for bulk loads)
-    raw_exec(admin,
-             "TRUNCATE memory_entries, memory_term_stats; DROP INDEX idx_memory_entries_embedding");
+    // (4) product import as `knowledge-agent import --defer-index` runs it: drop the HNSW index,
+    // load, then build the index and count the term statistics once. The load ends when the last
+    // batch commits (its progress report).
+    raw_exec(admin, "TRUNCATE memory_entries, memory_term_stats");
+    import_options.defer_index = true;
+    Clock::time_point last_batch;
+    import_options.progress = [&](std::uint64_t, std::uint64_t) { last_batch = Clock::now(); };
     t0 = Clock::now();
     {
         std::ispanstream in(std::span<const char>(jsonl.data(), jsonl.size()));
         auto r = check(store.import_jsonl(in, import_options), "import");
         if (r.added != rows) die(fmt::format("import added {} of {}", r.added, rows));
     }
-    double import_s = since(t0);
+    double import_total = since(t0);
+    double import_s = std::chrono::duration<double>(last_batch - t0).count();
     load["product_import_then_index"] = {
         {"rows", rows}, {"seconds", import_s}, {"rows_per_s", rate(rows, import_s)}};
     std::string().swap(jsonl);
     std::cerr << fmt::format(
-        "ka-bench: product import {:.0f} rows/s (no HNSW index; JSON parse alone {:.0f} rows/s)\n",
-        rate(rows, import_s), rate(rows, parse_s));
+        "ka-bench: product import {:.0f} rows/s (no HNSW index; JSON parse alone {:.0f} rows/s), "
+        "{:.1f} s with index build and term statistics\n",
+        rate(rows, import_s), rate(rows, parse_s), import_total);
 
-    // (5) HNSW build with the configured m / ef_construction
-    long mwm_mb =
-        std::clamp<long>(static_cast<long>(rows / 100), 64, 12288);  // ~1 GB per 100k x 768
-    int workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()) - 1);
-    raw_exec(admin, fmt::format("SET maintenance_work_mem = '{}MB'", mwm_mb));
-    raw_exec(admin, fmt::format("SET max_parallel_maintenance_workers = {}", workers));
+    // (5) raw: HNSW build on the identical table with the configured m / ef_construction
     t0 = Clock::now();
-    raw_exec(admin,
-             fmt::format("CREATE INDEX idx_memory_entries_embedding ON memory_entries USING hnsw "
-                         "(embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})",
-                         config.index.hnsw.m, config.index.hnsw.ef_construction));
+    raw_exec(admin, fmt::format("CREATE INDEX ON raw_full USING hnsw (embedding vector_cosine_ops) "
+                                "WITH (m = {}, ef_construction = {})",
+                                config.index.hnsw.m, config.index.hnsw.ef_construction));
     double build_s = since(t0);
     raw_exec(admin, "ANALYZE memory_entries; ANALYZE raw_min; ANALYZE raw_full");
     report["index"] = {{"build_s", build_s},
-                       {"maintenance_work_mem_mb", mwm_mb},
-                       {"parallel_workers", workers},
+                       {"product_build_and_term_stats_s", import_total - import_s},
+                       {"maintenance_work_mem_mb", build_memory_mb(rows)},
+                       {"parallel_workers", build_workers()},
                        {"m", config.index.hnsw.m},
                        {"ef_construction", config.index.hnsw.ef_construction}};
     auto size_of = [&](const std::string& expr) {
@@ -887,15 +902,15 @@ int main(int argc, char** argv) {
         {"raw_min_total", size_of("pg_total_relation_size('raw_min')")},
         {"raw_full_total", size_of("pg_total_relation_size('raw_full')")}};
     raw_exec(admin, "DROP TABLE raw_min; DROP TABLE raw_full");
-    double import_total = import_s + build_s, raw_total = raw_full_s + build_s;
+    double raw_total = raw_full_s + build_s;
     load["product_import_plus_build"] = {{"seconds", import_total},
                                          {"rows_per_s", rate(rows, import_total)}};
     load["raw_copy_identical_plus_build"] = {{"seconds", raw_total},
                                              {"rows_per_s", rate(rows, raw_total)}};
     report["load"] = load;
     std::cerr << fmt::format(
-        "ka-bench: HNSW build {:.1f} s (maintenance_work_mem {} MB, {} workers)\n", build_s, mwm_mb,
-        workers);
+        "ka-bench: raw HNSW build {:.1f} s (maintenance_work_mem {} MB, {} workers)\n", build_s,
+        build_memory_mb(rows), build_workers());
 
     // ---- search
     std::vector<Stat> stats;
@@ -1207,11 +1222,13 @@ int main(int argc, char** argv) {
         }
     }
     double import_ratio = rate(rows, import_s) / rate(rows, raw_full_s);
-    target_row("import >= 0.8 x raw binary COPY (identical table, index built after)", import_ratio,
-               0.8, import_ratio >= 0.8,
-               fmt::format("{:.0f} vs {:.0f} rows/s; vs minimal table {:.2f}x; live index {:.2f}x",
+    target_row("import >= 0.8 x raw binary COPY (identical table, load)", import_ratio, 0.8,
+               import_ratio >= 0.8,
+               fmt::format("{:.0f} vs {:.0f} rows/s; vs minimal table {:.2f}x; live index {:.2f}x; "
+                           "with the index build {:.2f}x",
                            rate(rows, import_s), rate(rows, raw_full_s),
-                           rate(rows, import_s) / rate(rows, raw_min_s), raw_live_s / live_s));
+                           rate(rows, import_s) / rate(rows, raw_min_s), raw_live_s / live_s,
+                           (raw_full_s + build_s) / import_total));
     if (node.value("ran", false) && node.contains("load")) {
         double node_rate = node["load"]["rows_per_s"].get<double>();
         target_row("import ahead of Node.js load", rate(rows, import_s) / node_rate, 1.0,
@@ -1243,14 +1260,17 @@ int main(int argc, char** argv) {
     };
     load_row("raw COPY binary, minimal table", load["raw_copy_minimal"]);
     load_row("raw COPY binary, identical table", load["raw_copy_identical"]);
-    load_row("product import, index built after", load["product_import_then_index"]);
+    load_row("product import --defer-index, load", load["product_import_then_index"]);
+    load_row("  + its index build and term statistics", load["product_import_plus_build"]);
+    load_row("raw COPY identical + CREATE INDEX", load["raw_copy_identical_plus_build"]);
     load_row("  (JSON parse + validation alone)", load["product_import_parse_only"]);
     load_row("raw COPY binary, live HNSW index", load["raw_copy_live_index"]);
     load_row("product import, live HNSW index", load["product_import_live_index"]);
     if (node.value("ran", false) && node.contains("load"))
         load_row("Node.js pg + pgvector INSERTs", node["load"]);
     std::cout << fmt::format(
-        "  HNSW build (m={}, ef_construction={}): {:.1f} s, index {:.0f} MiB, table {:.0f} MiB\n\n",
+        "  raw HNSW build (m={}, ef_construction={}): {:.1f} s, index {:.0f} MiB, table {:.0f} "
+        "MiB\n\n",
         config.index.hnsw.m, config.index.hnsw.ef_construction, build_s,
         report["sizes_bytes"]["hnsw_index"].get<double>() / 1048576.0,
         report["sizes_bytes"]["memory_entries_heap"].get<double>() / 1048576.0);

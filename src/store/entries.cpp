@@ -227,15 +227,23 @@ Status Store::prepare() {
         "extname = 'vector'");
     if (!version) return std::unexpected(version.error());
     iterative_scan_ = version->rows() == 1 && version->boolean(0, 0);
-    if (auto created = create_missing_index(c, config_); !created)
-        return std::unexpected(created.error());
+    auto created = create_missing_index(c, config_);
+    if (!created) return std::unexpected(created.error());
+    // A missing index may mean a bulk import was cut short before it recounted the statistics.
+    return recount_term_stats(c, !*created);
+}
+
+Status Store::recount_term_stats(db::Connection& c, bool only_if_empty) {
     if (embedder_.term_features("probe").empty()) return {};
-    auto needed = c.exec(
-        "SELECT NOT EXISTS (SELECT 1 FROM memory_term_stats) AND EXISTS (SELECT 1 FROM "
-        "memory_entries)");
-    if (!needed) return std::unexpected(needed.error());
-    if (!needed->boolean(0, 0)) return {};
-    // One transaction that locks the table: a concurrent start waits, then finds it filled.
+    if (only_if_empty) {
+        auto needed = c.exec(
+            "SELECT NOT EXISTS (SELECT 1 FROM memory_term_stats) AND EXISTS (SELECT 1 FROM "
+            "memory_entries)");
+        if (!needed) return std::unexpected(needed.error());
+        if (!needed->boolean(0, 0)) return {};
+    }
+    // One transaction that locks the table against writers: a concurrent start waits, then
+    // finds it filled; a save waits, then adds its entry on top of the count (reads go on).
     if (auto ok = c.exec("BEGIN"); !ok) return std::unexpected(ok.error());
     auto abort = [&](Error e) -> Status {
         (void)c.exec("ROLLBACK");
@@ -245,8 +253,9 @@ Status Store::prepare() {
         return abort(ok.error());
     auto still = c.exec("SELECT NOT EXISTS (SELECT 1 FROM memory_term_stats)");
     if (!still) return abort(still.error());
-    if (still->boolean(0, 0)) {
-        log::info("Building term statistics for existing entries");
+    if (still->boolean(0, 0) || !only_if_empty) {
+        log::info("Counting term statistics over the stored entries");
+        if (auto ok = c.exec("DELETE FROM memory_term_stats"); !ok) return abort(ok.error());
         if (auto ok =
                 c.exec("DECLARE ka_terms NO SCROLL CURSOR FOR SELECT content FROM memory_entries");
             !ok)
@@ -263,8 +272,8 @@ Status Store::prepare() {
         }
         if (auto ok = c.exec("CLOSE ka_terms"); !ok) return abort(ok.error());
         if (auto ok = apply_term_delta(c, delta); !ok) return abort(ok.error());
-        log::info("Term statistics built", {{"entries", std::to_string(entries)},
-                                            {"features", std::to_string(delta.size())}});
+        log::info("Term statistics counted", {{"entries", std::to_string(entries)},
+                                              {"features", std::to_string(delta.size())}});
     }
     if (auto ok = c.exec("COMMIT"); !ok) return std::unexpected(ok.error());
     return {};
@@ -303,6 +312,10 @@ Result<Added> Store::add(NewEntry entry) {
 }
 
 Result<std::vector<Saved>> Store::add_batch(std::vector<NewEntry> entries) {
+    return add_batch(std::move(entries), true);
+}
+
+Result<std::vector<Saved>> Store::add_batch(std::vector<NewEntry> entries, bool term_stats) {
     for (std::size_t i = 0; i < entries.size(); ++i) {
         if (auto ok = normalise(entries[i], config_); !ok) {
             Error e = ok.error();
@@ -365,7 +378,7 @@ Result<std::vector<Saved>> Store::add_batch(std::vector<NewEntry> entries) {
     };
     auto commit = [&]() -> Result<std::vector<Saved>> {
         TermDelta delta;
-        for (std::size_t i = 0; i < entries.size(); ++i)
+        for (std::size_t i = 0; i < entries.size() && term_stats; ++i)
             if (out[i].created) count_terms(delta, embedder_.term_features(entries[i].content), 1);
         if (auto ok = apply_term_delta(c, delta); !ok) return rollback(ok.error());
         if (auto ok = c.exec("COMMIT"); !ok) return std::unexpected(ok.error());

@@ -132,9 +132,10 @@ struct ImportOptions {
     std::vector<std::string> allowed_scopes;  // non-empty: lines in other scopes are rejected
     std::function<void(std::uint64_t bytes_read, std::uint64_t lines)> progress;
     // Drop the HNSW index first and rebuild it afterwards (also after a failed import): a bulk
-    // load then costs a fraction of inserting into the live index. Vector searches meanwhile
-    // scan exactly (slow, still right). A killed import leaves the index to prepare(), which
-    // rebuilds a missing one at the next start.
+    // load then costs a fraction of inserting into the live index. Term statistics are recounted
+    // once at the end instead of per batch. Vector searches meanwhile scan exactly (slow, still
+    // right). A killed import leaves both to prepare(), which rebuilds a missing index at the
+    // next start and then recounts the statistics.
     bool defer_index = false;
 };
 
@@ -207,6 +208,11 @@ class Store {
 
   private:
     Result<ImportReport> import_lines(std::istream& in, const ImportOptions& options);
+    // term_stats false: the caller recounts them afterwards (bulk import).
+    Result<std::vector<Saved>> add_batch(std::vector<NewEntry> entries, bool term_stats);
+    // Recounts the builtin embedder's term statistics from every entry; `only_if_empty`: only
+    // when there are none yet (a store filled before they existed).
+    Status recount_term_stats(db::Connection& c, bool only_if_empty);
 
     db::Pool& pool_;
     embed::Embedder& embedder_;

@@ -184,6 +184,9 @@ Result<ImportReport> Store::import_jsonl(std::istream& in, const ImportOptions& 
     auto report = import_lines(in, options);
     auto rebuilt = reindex();
     if (!rebuilt && report) return std::unexpected(rebuilt.error());
+    auto conn = pool_.acquire();
+    auto counted = conn ? recount_term_stats(**conn, false) : Status(std::unexpected(conn.error()));
+    if (!counted && report) return std::unexpected(counted.error());
     return report;
 }
 
@@ -200,12 +203,12 @@ Result<ImportReport> Store::import_lines(std::istream& in, const ImportOptions& 
     // A batch is one transaction. When the database refuses it, each line is retried alone so
     // the bad ones are reported and the good ones still land; an unreachable provider or
     // database stops the import (re-running it skips what was already imported).
-    auto write = [this](Batch batch) -> Result<ImportReport> {
+    auto write = [this, term_stats = !options.defer_index](Batch batch) -> Result<ImportReport> {
         ImportReport done;
         auto tally = [&](const std::vector<Saved>& added) {
             for (const auto& a : added) ++(a.created ? done.added : done.duplicates);
         };
-        auto added = add_batch(batch.entries);
+        auto added = add_batch(batch.entries, term_stats);
         if (added) {
             tally(*added);
             return done;
@@ -220,7 +223,7 @@ Result<ImportReport> Store::import_lines(std::istream& in, const ImportOptions& 
             return std::unexpected(e);
         }
         for (std::size_t i = 0; i < batch.entries.size(); ++i) {
-            auto one = add_batch({batch.entries[i]});
+            auto one = add_batch({batch.entries[i]}, term_stats);
             if (one)
                 tally(*one);
             else if (!about_the_data(one.error()))

@@ -231,6 +231,38 @@ TEST_F(TermStats, ImportCountsAddedLinesOnly) {
     }
 }
 
+// A bulk import (--defer-index) leaves the statistics alone per batch and counts them once at
+// the end; one cut short leaves the index missing, and prepare() then rebuilds the index and
+// recounts, so stale statistics do not outlive it.
+TEST_F(TermStats, DeferredImportCountsOnceAndPrepareRecountsAfterACutShortOne) {
+    must_add(entry("Terraform state lives in S3."));
+    std::istringstream in(
+        "{\"content\": \"Terraform state lives in S3.\"}\n"
+        "{\"content\": \"Vault unseals with three keys.\"}\n"
+        "{\"content\": \"Vault unseals with three keys.\"}\n"
+        "{\"content\": \"Terraform plans run in CI.\"}\n");
+    ImportOptions options;
+    options.batch_size = 2;
+    options.defer_index = true;
+    auto r = store->import_jsonl(in, options);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(r->added, 2u);
+    EXPECT_EQ(df_of("terraform"), 2);
+    EXPECT_EQ(df_of("vault"), 1);
+    EXPECT_STATS_MATCH_RECOUNT();
+
+    // What a killed bulk import leaves: no index, statistics that miss its entries.
+    db.sql("DROP INDEX idx_memory_entries_embedding");
+    db.sql("UPDATE memory_term_stats SET df = 0");
+    ASSERT_TRUE(store->prepare());
+    EXPECT_EQ(db.sql("SELECT count(*) FROM pg_indexes WHERE indexname = "
+                     "'idx_memory_entries_embedding'")
+                  .integer(0, 0),
+              1);
+    EXPECT_EQ(df_of("terraform"), 2);
+    EXPECT_STATS_MATCH_RECOUNT();
+}
+
 TEST_F(TermStats, ImportBatchWithAConflictingIdCountsTheRestOnce) {
     auto existing = must_add(entry("Nomad was replaced by Kubernetes."));
     // Line 2 reuses an existing id with other content: a conflict the database reports for the
