@@ -412,8 +412,10 @@ std::string bigint_array_literal(const std::vector<std::int64_t>& values) {
 }
 
 Status apply_term_delta(db::Connection& conn, const TermDelta& delta) {
+    std::vector<std::pair<std::int64_t, int>> sorted(delta.begin(), delta.end());
+    std::sort(sorted.begin(), sorted.end());
     std::vector<std::int64_t> up, up_n, down, down_n;
-    for (const auto& [feature, n] : delta) {
+    for (const auto& [feature, n] : sorted) {
         if (n > 0) up.push_back(feature), up_n.push_back(n);
         if (n < 0) down.push_back(feature), down_n.push_back(n);
     }

@@ -1,9 +1,9 @@
 // Store internals shared by its translation units: validation, wire formats, SQL pieces.
 #pragma once
 
-#include <map>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "db/connection.h"
@@ -63,7 +63,7 @@ Result<std::vector<embed::Vector>> embed_documents(embed::Embedder& embedder,
 namespace ka::store::detail {
 
 // Changes to document frequencies (feature -> +n / -n), applied with the entry change.
-using TermDelta = std::map<std::int64_t, int>;
+using TermDelta = std::unordered_map<std::int64_t, int>;  // hashed: recounts touch millions
 void count_terms(TermDelta& delta, const std::vector<std::int64_t>& features, int sign);
 // Applies a delta inside the caller's transaction (features in ascending order: no deadlocks).
 Status apply_term_delta(db::Connection& conn, const TermDelta& delta);
