@@ -71,7 +71,7 @@ Result<std::vector<Hit>> vector_search(db::Connection& conn, const Query& q, con
         exact = *rows <= config.search.exact_max_rows;
     }
     // The k rows are ranked, cut at min_similarity and re-sorted here, not in SQL: a subquery
-    // and sort around the index scan cost ~10% of a search (pgbench, 20k rows, ef 40).
+    // and sort around the index scan cost ~8% of a search (pgbench, 20k rows, ef 40).
     auto finish = [&](const db::PgResult& r) {
         auto hits = to_hits(r);
         std::erase_if(hits,
