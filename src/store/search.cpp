@@ -103,8 +103,13 @@ Result<std::vector<Hit>> vector_search(db::Connection& conn, const Query& q, con
         // Fewer than k: the index scan gave up early; never return fewer when more rows match.
     }
     // Exact: "+ 0" keeps the planner from ordering through the HNSW index, so the filter's own
-    // indexes pick the rows and every match is ranked.
-    auto r = run(conn, select + "(embedding <=> $1::vector) + 0" + limit, params);
+    // indexes pick the rows and every match is ranked; the columns are formatted for the k
+    // rows only, not for every match (2x the time at 1% of 100k rows).
+    auto r = run(conn,
+                 fmt::format("SELECT {}, 1 - d FROM (SELECT *, (embedding <=> $1::vector) + 0 AS d "
+                             "FROM memory_entries WHERE {} ORDER BY d{}) t",
+                             kEntryColumns, where, limit),
+                 params);
     if (!r) return std::unexpected(r.error());
     return finish(*r);
 }
