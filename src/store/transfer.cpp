@@ -21,7 +21,7 @@ using nlohmann::json;
 constexpr int kExportFetch = 1000;
 // Batches written at once, each on its own connection and transaction, while the next is
 // parsed: two keep both cores of a small server busy (20k-row bench: 0.54x raw COPY instead
-// of 0.35x with one).
+// of 0.33x with one).
 constexpr std::size_t kImportWriters = 2;
 // Deeper import lines are refused while parsing: copying or printing a JSON value recurses once
 // per level, so a line of 100k nested brackets in a field would overflow the stack. No entry
