@@ -2,9 +2,11 @@
 // get, update, delete, list, count, stats, model check and reindex.
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -342,9 +344,17 @@ Result<std::vector<Saved>> Store::add_batch(std::vector<NewEntry> entries, bool 
         hex_list.push_back(std::move(hex));
     }
     // Rows in COPY's binary format; with `ord` first for the staging table.
+    // Rows go in ordered by the unique key (scope, content hash; bytewise, as the staging insert
+    // orders them too), in every batch: two batches written at once that share texts then wait
+    // on each other in one order, never in a cycle (a deadlock would abort one of them).
+    std::vector<std::size_t> order(entries.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+        return std::tie(entries[a].scope, hashes[a], a) < std::tie(entries[b].scope, hashes[b], b);
+    });
     auto encode = [&](bool staged, std::int64_t now) {
         CopyWriter copy;
-        for (std::size_t i = 0; i < entries.size(); ++i) {
+        for (std::size_t i : order) {
             const auto& e = entries[i];
             copy.row(staged ? 13 : 12);
             if (staged) copy.int4(static_cast<std::uint32_t>(i));
@@ -428,10 +438,11 @@ Result<std::vector<Saved>> Store::add_batch(std::vector<NewEntry> entries, bool 
     if (auto ok = c.exec(kStageTable); !ok) return rollback(ok.error());
     if (auto ok = copy_in(c, "COPY ka_stage FROM STDIN (FORMAT binary)", encode(true, now)); !ok)
         return rollback(ok.error());
-    auto inserted =
-        c.exec(fmt::format("INSERT INTO memory_entries ({0}) SELECT {0} FROM ka_stage "
-                           "ORDER BY ord ON CONFLICT DO NOTHING RETURNING id::text",
-                           kColumns));
+    auto inserted = c.exec(fmt::format(
+        "INSERT INTO memory_entries ({0}) SELECT {0} FROM ka_stage "
+        "ORDER BY scope COLLATE \"C\", content_hash, ord ON CONFLICT DO NOTHING RETURNING "
+        "id::text",
+        kColumns));
     if (!inserted) return rollback(inserted.error());
     std::set<std::string> landed;
     for (int i = 0; i < inserted->rows(); ++i) landed.insert(inserted->text(i, 0));

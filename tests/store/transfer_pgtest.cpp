@@ -288,5 +288,28 @@ TEST_F(Transfer, ABatchRacingAConcurrentSaveOfTheSameTextKeepsOneEntry) {
     EXPECT_EQ(*store->count({}), 3);
 }
 
+// Imports write two batches at once. Batches that share texts in opposite orders must not
+// deadlock on the unique index (PostgreSQL would abort one as 40P01 and stop the import): rows
+// go in in one global order.
+TEST_F(Transfer, ConcurrentBatchesWithTheSameTextsInOppositeOrderDoNotDeadlock) {
+    for (int round = 0; round < 5; ++round) {
+        std::vector<NewEntry> forward(300);
+        for (int i = 0; i < 300; ++i)
+            forward[static_cast<std::size_t>(i)].content =
+                fmt::format("round {} text {}", round, i);
+        std::vector<NewEntry> backward(forward.rbegin(), forward.rend());
+        // Half the rows fresh on each side, so both batches take the direct path or the staging
+        // path depending on who probes first.
+        for (int i = 0; i < 150; ++i) backward[static_cast<std::size_t>(i)].content += " (second)";
+        auto a = std::async(std::launch::async, [&] { return store->add_batch(forward); });
+        auto b = std::async(std::launch::async, [&] { return store->add_batch(backward); });
+        auto ra = a.get();
+        auto rb = b.get();
+        ASSERT_TRUE(ra) << ra.error().message;
+        ASSERT_TRUE(rb) << rb.error().message;
+    }
+    EXPECT_EQ(*store->count({}), 5 * 450);
+}
+
 }  // namespace
 }  // namespace ka::store
