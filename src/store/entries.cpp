@@ -331,12 +331,9 @@ Result<std::vector<Saved>> Store::add_batch(std::vector<NewEntry> entries, bool 
 
     std::vector<Saved> out(entries.size());
     std::vector<std::string> hashes, id_list, scope_list, hex_list;
-    std::set<std::string> ids, keys;
     for (std::size_t i = 0; i < entries.size(); ++i) {
         out[i].id = entries[i].id.value_or(new_uuid_v7());
         hashes.push_back(sha256(entries[i].content));
-        ids.insert(out[i].id);
-        keys.insert(entries[i].scope + '\0' + hashes.back());
         id_list.push_back(out[i].id);
         scope_list.push_back(entries[i].scope);
         std::string hex;
@@ -419,7 +416,13 @@ Result<std::vector<Saved>> Store::add_batch(std::vector<NewEntry> entries, bool 
     auto started = begin();
     if (!started) return std::unexpected(started.error());
     auto [now, any_stored] = *started;
-    if (!any_stored && ids.size() == entries.size() && keys.size() == entries.size()) {
+    // A text or id twice in the batch also needs the staging path (ON CONFLICT keeps the first).
+    auto same_key = [&](std::size_t a, std::size_t b) {
+        return entries[a].scope == entries[b].scope && hashes[a] == hashes[b];
+    };
+    bool repeats = std::adjacent_find(order.begin(), order.end(), same_key) != order.end() ||
+                   std::set<std::string>(id_list.begin(), id_list.end()).size() != id_list.size();
+    if (!any_stored && !repeats) {
         auto copied =
             copy_in(c, fmt::format("COPY memory_entries ({}) FROM STDIN (FORMAT binary)", kColumns),
                     encode(false, now));
