@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <map>
 #include <set>
 #include <tuple>
 
@@ -340,7 +339,6 @@ Result<std::vector<Saved>> Store::add_batch(std::vector<NewEntry> entries, bool 
         for (unsigned char byte : hashes.back()) hex += fmt::format("{:02x}", byte);
         hex_list.push_back(std::move(hex));
     }
-    // Rows in COPY's binary format; with `ord` first for the staging table.
     // Rows go in ordered by the unique key (scope, content hash; bytewise, as the staging insert
     // orders them too), in every batch: two batches written at once that share texts then wait
     // on each other in one order, never in a cycle (a deadlock would abort one of them).
@@ -349,6 +347,7 @@ Result<std::vector<Saved>> Store::add_batch(std::vector<NewEntry> entries, bool 
     std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
         return std::tie(entries[a].scope, hashes[a], a) < std::tie(entries[b].scope, hashes[b], b);
     });
+    // Rows in COPY's binary format; with `ord` first for the staging table.
     auto encode = [&](bool staged, std::int64_t now) {
         CopyWriter copy;
         for (std::size_t i : order) {
