@@ -42,6 +42,7 @@
 #include <nlohmann/json.hpp>
 
 #include "config/config.h"
+#include "core/bytes.h"
 #include "db/connection.h"
 #include "db/pool.h"
 #include "db/startup.h"
@@ -770,7 +771,7 @@ int main(int argc, char** argv) {
             copy.field(uuid_binary(i));
             copy.field(kScope);
             copy.field(data.contents[i]);
-            copy.field(ka::store::detail::sha256(data.contents[i]));
+            copy.field(ka::sha256(data.contents[i]));
             copy.field(metadata);
             copy.field(text_array_binary(data.tags[i]));
             copy.vector(data.row(i), dim);

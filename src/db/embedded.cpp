@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 #include <openssl/rand.h>
 
+#include "core/bytes.h"
 #include "core/process.h"
 #include "log/log.h"
 
@@ -248,8 +249,7 @@ Status ensure_database(const EmbeddedCluster& c) {
         if (RAND_bytes(bytes, sizeof bytes) != 1) {
             return std::unexpected(embedded_error("cannot generate a password: no randomness"));
         }
-        std::string password;
-        for (unsigned char b : bytes) password += fmt::format("{:02x}", b);
+        std::string password = hex({reinterpret_cast<const char*>(bytes), sizeof bytes});
         auto set = conn->exec(fmt::format(
             "ALTER ROLE {} PASSWORD {}", quote_ident(kEmbeddedSuperuser), quote_literal(password)));
         if (!set) return std::unexpected(set.error());

@@ -5,21 +5,12 @@
 #include <map>
 
 #include <fmt/format.h>
-#include <openssl/evp.h>
 
+#include "core/bytes.h"
 #include "log/log.h"
 
 namespace ka::db {
 namespace {
-
-std::string sha256_hex(std::string_view data) {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int length = 0;
-    EVP_Digest(data.data(), data.size(), digest, &length, EVP_sha256(), nullptr);
-    std::string hex;
-    for (unsigned int i = 0; i < length; ++i) hex += fmt::format("{:02x}", digest[i]);
-    return hex;
-}
 
 constexpr std::string_view kCreateTable =
     "CREATE TABLE schema_migrations ("
@@ -69,7 +60,7 @@ std::vector<Migration> known_migrations() {
         migration.version = std::stoi(std::string(file.substr(0, underscore)));
         migration.name = std::string(file.substr(underscore + 1, file.size() - underscore - 1 - 4));
         migration.sql = m.sql;
-        migration.checksum = sha256_hex(m.sql);
+        migration.checksum = hex(sha256(m.sql));
         out.push_back(std::move(migration));
     }
     std::sort(out.begin(), out.end(),

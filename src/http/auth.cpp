@@ -3,19 +3,13 @@
 #include <algorithm>
 
 #include <openssl/crypto.h>
-#include <openssl/sha.h>
 
 #include <fmt/format.h>
 
+#include "core/bytes.h"
+
 namespace ka::http {
 namespace {
-
-std::string sha256(std::string_view data) {
-    std::string out(SHA256_DIGEST_LENGTH, '\0');
-    SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(),
-           reinterpret_cast<unsigned char*>(out.data()));
-    return out;
-}
 
 std::string from_hex(std::string_view hex) {
     std::string out;

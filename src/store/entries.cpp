@@ -335,9 +335,7 @@ Result<std::vector<Saved>> Store::add_batch(std::vector<NewEntry> entries, bool 
         hashes.push_back(sha256(entries[i].content));
         id_list.push_back(out[i].id);
         scope_list.push_back(entries[i].scope);
-        std::string hex;
-        for (unsigned char byte : hashes.back()) hex += fmt::format("{:02x}", byte);
-        hex_list.push_back(std::move(hex));
+        hex_list.push_back(hex(hashes.back()));
     }
     // Rows go in ordered by the unique key (scope, content hash; bytewise, as the staging insert
     // orders them too), in every batch: two batches written at once that share texts then wait

@@ -10,7 +10,6 @@
 #include <regex>
 
 #include <fmt/format.h>
-#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 namespace ka::store::detail {
@@ -278,13 +277,6 @@ Entry row_to_entry(const db::PgResult& r, int row, int c) {
     return e;
 }
 
-std::string sha256(std::string_view data) {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int length = 0;
-    EVP_Digest(data.data(), data.size(), digest, &length, EVP_sha256(), nullptr);
-    return std::string(reinterpret_cast<const char*>(digest), length);
-}
-
 std::string new_uuid_v7() {
     // RFC 9562 UUIDv7: 48-bit Unix milliseconds, then random bits; ids sort by creation time.
     unsigned char b[16];
@@ -295,12 +287,9 @@ std::string new_uuid_v7() {
     for (int i = 0; i < 6; ++i) b[i] = static_cast<unsigned char>(ms >> (40 - 8 * i));
     b[6] = static_cast<unsigned char>((b[6] & 0x0F) | 0x70);
     b[8] = static_cast<unsigned char>((b[8] & 0x3F) | 0x80);
-    std::string hex;
-    for (int i = 0; i < 16; ++i) {
-        hex += fmt::format("{:02x}", b[i]);
-        if (i == 3 || i == 5 || i == 7 || i == 9) hex += '-';
-    }
-    return hex;
+    std::string digits = hex({reinterpret_cast<const char*>(b), sizeof b});
+    for (std::size_t dash : {20, 16, 12, 8}) digits.insert(dash, 1, '-');
+    return digits;
 }
 
 std::string vector_binary(const embed::Vector& v) {

@@ -6,6 +6,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/bytes.h"
 #include "db/connection.h"
 #include "store/store.h"
 
@@ -36,7 +37,6 @@ std::string trim(std::string_view text);
 // Validates and normalises an entry in place (trimmed content, default scope, deduped tags).
 Status normalise(NewEntry& entry, const config::Config& config);
 
-std::string sha256(std::string_view data);  // raw 32 bytes
 std::string new_uuid_v7();
 std::string vector_binary(const embed::Vector& v);  // pgvector's binary wire format
 std::string text_array_literal(const std::vector<std::string>& items);  // {"a","b"}
