@@ -50,6 +50,9 @@ TEST(Embedded, CliManagesTheClusterLifecycleAndKeepsData) {
         auto conn = Connection::open(embedded_target(*cluster), 10);
         ASSERT_TRUE(conn) << conn.error().message;
         ASSERT_TRUE(conn->exec("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)"));
+        // The managed tuning knobs are live (knowledge-agent.conf is included).
+        EXPECT_EQ(conn->exec("SHOW max_wal_size")->text(0, 0), "4GB");
+        EXPECT_EQ(conn->exec("SHOW work_mem")->text(0, 0), "64MB");
     }
     EXPECT_EQ(test::run_agent({"db", "stop"}, env).exit_code, 0);
     auto stopped = test::run_agent({"db", "status"}, env);
