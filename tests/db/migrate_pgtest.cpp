@@ -43,6 +43,16 @@ TEST(Migrate, FreshDatabaseGetsSchemaAndIndex) {
     EXPECT_EQ(column.text(0, 0), "vector(768)");
     EXPECT_EQ(column.text(0, 1), "p");  // PLAIN: kept inline
 
+    // A short entry stays whole in the heap: nothing of it goes to the TOAST table.
+    db.sql(
+        "INSERT INTO memory_entries (id, scope, content, content_hash, embedding, embedding_model) "
+        "SELECT gen_random_uuid(), 'default', repeat('deploys are on Tuesdays ', 40), sha256('x'), "
+        "array_fill(0.036, ARRAY[768])::vector, 'm'");
+    EXPECT_EQ(db.sql("SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE relname = "
+                     "'memory_entries'")
+                  .integer(0, 0),
+              0);
+
     auto columns = db.sql(
         "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute "
         "WHERE attrelid = 'memory_entries'::regclass AND attnum > 0 AND NOT attisdropped");
