@@ -70,8 +70,12 @@ double since(Clock::time_point t0) {
     return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// The JSON lines file of the run (~10 GB at 1M rows): removed on every way out.
+std::filesystem::path g_jsonl_path;
+
 [[noreturn]] void die(const std::string& what) {
     std::cerr << "ka-bench: " << what << "\n";
+    if (!g_jsonl_path.empty()) std::filesystem::remove(g_jsonl_path);
     std::exit(1);
 }
 
@@ -283,6 +287,13 @@ PGconn* raw_connect(const std::string& conninfo) {
     PGconn* c = PQconnectdb(conninfo.c_str());
     if (PQstatus(c) != CONNECTION_OK) die(std::string("connect: ") + PQerrorMessage(c));
     return c;
+}
+
+// Every timed load starts with no dirty pages and no WAL pending: otherwise a checkpoint the
+// previous load triggered lands in the next one's time (full-page writes after it, too). Best
+// effort: CHECKPOINT needs superuser or pg_checkpoint.
+void checkpoint(PGconn* c) {
+    PQclear(PQexec(c, "CHECKPOINT"));
 }
 
 void raw_exec(PGconn* c, const std::string& sql) {
@@ -608,6 +619,7 @@ int main(int argc, char** argv) {
     std::uint64_t seed = 42;
     int clients = 8;
     std::string ef_arg = "40,100,200", json_out, config_path, node_dir = KA_BENCH_NODE_DIR;
+    int batch_size = 1000;
     std::size_t live_rows = 0, remember_n = 500, node_load_rows = 20000;
     bool skip_node = false, smoke = false, keep = false;
     std::string log_level = "warn";
@@ -621,6 +633,9 @@ int main(int argc, char** argv) {
                    "rows imported into a live HNSW index (default min(rows, 10000))");
     app.add_option("--node-load-rows", node_load_rows,
                    "rows the Node.js peer loads with INSERTs (default min(rows, 20000))");
+    app.add_option("--batch-size", batch_size,
+                   "entries per import transaction (import --batch-size)")
+        ->check(CLI::PositiveNumber);
     app.add_option("--remember", remember_n, "entries saved one by one for remember throughput");
     app.add_option("--node-dir", node_dir, "directory of the Node.js peer (bench/node)");
     app.add_option("-c,--config", config_path, "knowledge-agent config file");
@@ -735,6 +750,7 @@ int main(int argc, char** argv) {
              "vector(" +
                  std::to_string(dim) +
                  ") NOT NULL); ALTER TABLE raw_min ALTER COLUMN embedding SET STORAGE PLAIN");
+    checkpoint(admin);
     t0 = Clock::now();
     {
         BinaryCopy copy(admin, "COPY raw_min (id, content, embedding) FROM STDIN (FORMAT binary)");
@@ -760,6 +776,13 @@ int main(int argc, char** argv) {
              "CREATE INDEX ON raw_full USING gin (metadata jsonb_path_ops); "
              "CREATE INDEX ON raw_full (scope, created_at DESC, id); "
              "CREATE INDEX ON raw_full (embedding_model)");
+    // LIKE does not copy table storage parameters (memory_entries' toast_tuple_target).
+    if (auto options = raw_scalar(admin,
+                                  "SELECT coalesce(array_to_string(reloptions, ', '), '') FROM "
+                                  "pg_class WHERE oid = 'memory_entries'::regclass");
+        !options.empty())
+        raw_exec(admin, "ALTER TABLE raw_full SET (" + options + ")");
+    checkpoint(admin);
     t0 = Clock::now();
     {
         BinaryCopy copy(admin,
@@ -793,22 +816,31 @@ int main(int argc, char** argv) {
 
     // JSONL with precomputed embeddings: what `knowledge-agent import` reads.
     t0 = Clock::now();
-    std::string jsonl;
-    for (std::size_t i = 0; i < rows; ++i) jsonl += jsonl_line(data, i);
-    report["jsonl_write_s"] = since(t0);
-    report["jsonl_bytes"] = jsonl.size();
-    std::size_t live_bytes = 0;
-    for (std::size_t i = 0, nl = 0; i < live_rows; ++i) {
-        nl = jsonl.find('\n', live_bytes);
-        live_bytes = nl + 1;
+    // A file, as users import one: at 1M rows it is ~10 GB, which must not sit in the bench's
+    // memory while the product builds its index. The live-index rows are kept in memory.
+    g_jsonl_path =
+        std::filesystem::temp_directory_path() / fmt::format("ka-bench-{}.jsonl", getpid());
+    const std::filesystem::path& jsonl_path = g_jsonl_path;
+    std::string live_jsonl;
+    {
+        std::ofstream out(jsonl_path, std::ios::binary | std::ios::trunc);
+        for (std::size_t i = 0; i < rows; ++i) {
+            std::string line = jsonl_line(data, i);
+            if (i < live_rows) live_jsonl += line;
+            out << line;
+        }
+        if (!out.flush()) die("cannot write " + jsonl_path.string());
     }
+    report["jsonl_write_s"] = since(t0);
+    report["jsonl_bytes"] = std::filesystem::file_size(jsonl_path);
     ka::store::ImportOptions import_options;
     import_options.default_scope = std::string(kScope);
-    import_options.batch_size = 1000;
+    import_options.batch_size = batch_size;
     // (3) product import into the live HNSW index (what the product does today)
+    checkpoint(admin);
     t0 = Clock::now();
     {
-        std::ispanstream in(std::span<const char>(jsonl.data(), live_bytes));
+        std::ispanstream in(std::span<const char>(live_jsonl.data(), live_jsonl.size()));
         auto r = check(store.import_jsonl(in, import_options), "import (live index)");
         if (r.added != live_rows)
             die(fmt::format("import (live index) added {} of {}", r.added, live_rows));
@@ -822,6 +854,7 @@ int main(int argc, char** argv) {
              "hnsw (embedding vector_cosine_ops) WITH (m = " +
                  std::to_string(config.index.hnsw.m) +
                  ", ef_construction = " + std::to_string(config.index.hnsw.ef_construction) + ")");
+    checkpoint(admin);
     t0 = Clock::now();
     {
         BinaryCopy copy(admin, "COPY raw_live (id, content, embedding) FROM STDIN (FORMAT binary)");
@@ -844,7 +877,7 @@ int main(int argc, char** argv) {
     // Where the import's time goes: parsing and validating the JSON lines alone (no database).
     t0 = Clock::now();
     {
-        std::ispanstream in(std::span<const char>(jsonl.data(), jsonl.size()));
+        std::ifstream in(jsonl_path, std::ios::binary);
         std::size_t ok = 0;
         for (std::string line; std::getline(in, line);)
             ok += ka::store::parse_import_line(line, std::string(kScope), config).has_value();
@@ -861,9 +894,10 @@ int main(int argc, char** argv) {
     import_options.defer_index = true;
     Clock::time_point last_batch;
     import_options.progress = [&](std::uint64_t, std::uint64_t) { last_batch = Clock::now(); };
+    checkpoint(admin);
     t0 = Clock::now();
     {
-        std::ispanstream in(std::span<const char>(jsonl.data(), jsonl.size()));
+        std::ifstream in(jsonl_path, std::ios::binary);
         auto r = check(store.import_jsonl(in, import_options), "import");
         if (r.added != rows) die(fmt::format("import added {} of {}", r.added, rows));
     }
@@ -871,13 +905,15 @@ int main(int argc, char** argv) {
     double import_s = std::chrono::duration<double>(last_batch - t0).count();
     load["product_import_then_index"] = {
         {"rows", rows}, {"seconds", import_s}, {"rows_per_s", rate(rows, import_s)}};
-    std::string().swap(jsonl);
+    std::filesystem::remove(jsonl_path);
+    g_jsonl_path.clear();
     std::cerr << fmt::format(
         "ka-bench: product import {:.0f} rows/s (no HNSW index; JSON parse alone {:.0f} rows/s), "
         "{:.1f} s with index build and term statistics\n",
         rate(rows, import_s), rate(rows, parse_s), import_total);
 
     // (5) raw: HNSW build on the identical table with the configured m / ef_construction
+    checkpoint(admin);
     t0 = Clock::now();
     raw_exec(admin, fmt::format("CREATE INDEX ON raw_full USING hnsw (embedding vector_cosine_ops) "
                                 "WITH (m = {}, ef_construction = {})",
