@@ -22,7 +22,9 @@
 #include "embed/embedder.h"
 #include "llm/internal.h"
 #include "log/log.h"
+#include "support/fake_model.h"
 #include "support/pg.h"
+#include "support/served.h"
 
 namespace ka::http {
 namespace {
@@ -31,224 +33,18 @@ using json = nlohmann::json;
 using test::contains;
 using namespace std::chrono_literals;
 
-const std::string kLlmKey = "sk-ant-test-0123456789abcdef";
-const std::string kModel = "claude-test-model";
+const std::string& kLlmKey = test::kModelKey;
+const std::string& kModel = test::kModelName;
 // API keys (at least 16 characters, as the config demands).
 const std::string kAdmin = "admin-key-0123456789abcdef";
 const std::string kWriter = "writer-key-0123456789abcdef";
 const std::string kReader = "reader-key-0123456789abcdef";
 const std::string kTeamA = "team-a-key-0123456789abcdef";  // write, bound to scope team-a
 
-// --- A scripted model speaking the Messages API -----------------------------------------------
-
-struct Call {
-    std::string id, name;
-    json input = json::object();
-};
-
-// One model turn, or (status != 200) a provider error.
-struct Turn {
-    std::string text;
-    std::vector<Call> calls;
-    int status = 200;
-    std::chrono::milliseconds stall{0};  // streamed: pause after the first text delta
-};
-
-std::string sse(const json& data) {
-    return "event: " + data["type"].get<std::string>() + "\ndata: " + data.dump() + "\n\n";
-}
-
-std::string message_body(const Turn& t) {
-    json content = json::array();
-    if (!t.text.empty()) content.push_back({{"type", "text"}, {"text", t.text}});
-    for (const auto& c : t.calls)
-        content.push_back(
-            {{"type", "tool_use"}, {"id", c.id}, {"name", c.name}, {"input", c.input}});
-    return json{
-        {"id", "msg_01"},           {"type", "message"},
-        {"role", "assistant"},      {"model", kModel},
-        {"content", content},       {"stop_reason", t.calls.empty() ? "end_turn" : "tool_use"},
-        {"stop_sequence", nullptr}, {"usage", {{"input_tokens", 100}, {"output_tokens", 20}}}}
-        .dump();
-}
-
-// The turn as Messages API events; text streams word by word.
-std::string message_stream(const Turn& t) {
-    std::string out = sse({{"type", "message_start"},
-                           {"message",
-                            {{"id", "msg_01"},
-                             {"type", "message"},
-                             {"role", "assistant"},
-                             {"model", kModel},
-                             {"content", json::array()},
-                             {"stop_reason", nullptr},
-                             {"stop_sequence", nullptr},
-                             {"usage", {{"input_tokens", 100}, {"output_tokens", 1}}}}}});
-    int index = 0;
-    if (!t.text.empty()) {
-        out += sse({{"type", "content_block_start"},
-                    {"index", index},
-                    {"content_block", {{"type", "text"}, {"text", ""}}}});
-        std::size_t start = 0;
-        while (start < t.text.size()) {
-            std::size_t space = t.text.find(' ', start);
-            std::size_t end = space == std::string::npos ? t.text.size() : space + 1;
-            out += sse(
-                {{"type", "content_block_delta"},
-                 {"index", index},
-                 {"delta", {{"type", "text_delta"}, {"text", t.text.substr(start, end - start)}}}});
-            start = end;
-        }
-        out += sse({{"type", "content_block_stop"}, {"index", index}});
-        ++index;
-    }
-    for (const auto& c : t.calls) {
-        out += sse(
-            {{"type", "content_block_start"},
-             {"index", index},
-             {"content_block",
-              {{"type", "tool_use"}, {"id", c.id}, {"name", c.name}, {"input", json::object()}}}});
-        std::string input = c.input.dump();
-        for (const auto& p : {input.substr(0, input.size() / 2), input.substr(input.size() / 2)})
-            out += sse({{"type", "content_block_delta"},
-                        {"index", index},
-                        {"delta", {{"type", "input_json_delta"}, {"partial_json", p}}}});
-        out += sse({{"type", "content_block_stop"}, {"index", index}});
-        ++index;
-    }
-    out += sse(
-        {{"type", "message_delta"},
-         {"delta",
-          {{"stop_reason", t.calls.empty() ? "end_turn" : "tool_use"}, {"stop_sequence", nullptr}}},
-         {"usage", {{"output_tokens", 20}}}});
-    out += sse({{"type", "message_stop"}});
-    return out;
-}
-
-// The tool_result blocks of a request's last message.
-json tool_results(const json& request) {
-    json out = json::array();
-    for (const auto& b : request["messages"].back()["content"]) {
-        if (b.value("type", "") == "tool_result") out.push_back(b);
-    }
-    return out;
-}
-
-// What the real API refuses: a wrong key, a tool_result that answers no tool_use of the
-// assistant turn right before it, empty content.
-std::optional<std::string> refusal(const httplib::Request& req, const json& body) {
-    if (req.get_header_value("x-api-key") != kLlmKey || !req.has_header("anthropic-version"))
-        return "invalid x-api-key";
-    if (!body.is_object() || !body.contains("messages") || body["messages"].empty())
-        return "messages: at least one message is required";
-    std::set<std::string> open;
-    for (const auto& m : body["messages"]) {
-        if (!m["content"].is_array() || m["content"].empty())
-            return "messages: all messages must have non-empty content";
-        std::set<std::string> uses;
-        for (const auto& b : m["content"]) {
-            std::string type = b.value("type", "");
-            if (type == "text" && b.value("text", "").empty())
-                return "messages: text content blocks must be non-empty";
-            if (type == "tool_use") uses.insert(b.value("id", ""));
-            if (type == "tool_result" && !open.count(b.value("tool_use_id", "")))
-                return "messages: unexpected `tool_use_id` found in `tool_result` blocks";
-        }
-        open = m["role"] == "assistant" ? uses : std::set<std::string>{};
-    }
-    return std::nullopt;
-}
-
-class FakeModel {
-  public:
-    using Script = std::function<Turn(const json& request)>;
-
-    FakeModel() {
-        ::setenv("no_proxy", "127.0.0.1", 1);
-        server_.Post("/v1/messages", [this](const httplib::Request& req, httplib::Response& res) {
-            serve(req, res);
-        });
-        port_ = server_.bind_to_any_port("127.0.0.1");
-        thread_ = std::thread([this] { server_.listen_after_bind(); });
-        while (!server_.is_running()) std::this_thread::sleep_for(1ms);
-    }
-    ~FakeModel() {
-        server_.stop();
-        thread_.join();
-    }
-    FakeModel(const FakeModel&) = delete;
-    FakeModel& operator=(const FakeModel&) = delete;
-
-    std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
-    void script(Script s) {
-        std::lock_guard lock(mutex_);
-        script_ = std::move(s);
-    }
-    std::vector<json> requests() {
-        std::lock_guard lock(mutex_);
-        return requests_;
-    }
-    std::vector<std::string> refused() {
-        std::lock_guard lock(mutex_);
-        return refused_;
-    }
-
-  private:
-    void serve(const httplib::Request& req, httplib::Response& res) {
-        json body = json::parse(req.body, nullptr, false);
-        Script script;
-        {
-            std::lock_guard lock(mutex_);
-            requests_.push_back(body);
-            script = script_;
-        }
-        auto error = [&](int status, const std::string& type, const std::string& message) {
-            res.status = status;
-            res.set_content(
-                json{{"type", "error"}, {"error", {{"type", type}, {"message", message}}}}.dump(),
-                "application/json");
-        };
-        auto why = refusal(req, body);
-        if (!why && !script) why = "no script";
-        if (why) {
-            std::lock_guard lock(mutex_);
-            refused_.push_back(*why);
-            return error(
-                *why == "invalid x-api-key" ? 401 : 400,
-                *why == "invalid x-api-key" ? "authentication_error" : "invalid_request_error",
-                *why);
-        }
-        Turn turn = script(body);
-        if (turn.status == 529) return error(529, "overloaded_error", "Overloaded");
-        if (turn.status != 200) return error(turn.status, "api_error", "Internal server error");
-        if (!body.value("stream", false)) {
-            res.set_content(message_body(turn), "application/json");
-            return;
-        }
-        auto text = std::make_shared<std::string>(message_stream(turn));
-        auto stall = turn.stall;
-        res.set_chunked_content_provider(
-            "text/event-stream", [text, stall](std::size_t, httplib::DataSink& sink) {
-                std::size_t cut = 0;
-                if (stall.count() > 0) {
-                    cut = text->find("\n\n", text->find("content_block_delta")) + 2;
-                    if (!sink.write(text->data(), cut)) return false;
-                    std::this_thread::sleep_for(stall);
-                }
-                sink.write(text->data() + cut, text->size() - cut);
-                sink.done();
-                return true;
-            });
-    }
-
-    httplib::Server server_;
-    int port_ = 0;
-    std::thread thread_;
-    std::mutex mutex_;
-    std::vector<json> requests_;
-    std::vector<std::string> refused_;
-    Script script_;
-};
+using test::Call;
+using test::FakeModel;
+using test::tool_results;
+using test::Turn;
 
 // --- The API server ---------------------------------------------------------------------------
 
@@ -315,15 +111,7 @@ class AskTest : public ::testing::Test {
 
     test::TestDatabase db;
     FakeModel fake;
-    config::Config config;
-    Metrics metrics;
-    std::unique_ptr<db::Pool> pool;
-    std::unique_ptr<embed::Embedder> embedder;
-    std::unique_ptr<store::Store> store;
-    std::unique_ptr<llm::ChatModel> model;
-    std::unique_ptr<agent::Agent> agent;
-    std::unique_ptr<Server> server;
-    std::thread thread;
+    std::unique_ptr<test::Served> served;
     int port = 0;
 
     void start(const Options& o = {}) {
@@ -346,47 +134,11 @@ class AskTest : public ::testing::Test {
                 "    - {{name: team-a, key: {}, role: write, scopes: [team-a]}}\n",
                 kAdmin, kWriter, kReader, kTeamA);
         }
-        auto loaded = config::load_from_string(
-            yaml, [&](const std::string& name) -> std::optional<std::string> {
-                if (name == "POSTGRES_URL") return db.url();
-                return std::nullopt;
-            });
-        if (!loaded) throw std::runtime_error("config: " + loaded.error().message);
-        config = std::move(*loaded);
-        auto conn = db.connect();
-        if (auto ok = db::prepare_schema(conn, config, true); !ok)
-            throw std::runtime_error("schema: " + ok.error().message);
-        pool = std::make_unique<db::Pool>(db::Target{db.url(), db.name(), false}, 4, 10);
-        auto e = embed::make_embedder(config);
-        if (!e) throw std::runtime_error("embedder: " + e.error().message);
-        embedder = std::move(*e);
-        store = std::make_unique<store::Store>(*pool, *embedder, config);
-        if (auto ok = store->prepare(); !ok) throw std::runtime_error(ok.error().message);
-        auto m = llm::make_chat_model(config);
-        if (!m) throw std::runtime_error("model: " + m.error().message);
-        model = std::move(*m);
-        agent = std::make_unique<agent::Agent>(*store, model.get(), config, config.agent.prompt);
-        server = std::make_unique<Server>(config, *store, *pool, metrics, agent.get());
-        auto bound = server->bind();
-        if (!bound) throw std::runtime_error("bind: " + bound.error().message);
-        port = *bound;
-        thread = std::thread([this] { server->run(); });
-        // stop() before the accept loop runs would be lost: wait until it answers.
-        httplib::Client probe("127.0.0.1", port);
-        auto deadline = std::chrono::steady_clock::now() + 30s;
-        while (true) {
-            auto res = probe.Get("/health");
-            if (res && res->status == 200) break;
-            if (std::chrono::steady_clock::now() > deadline)
-                throw std::runtime_error("the server did not come up");
-            std::this_thread::sleep_for(5ms);
-        }
+        served = std::make_unique<test::Served>(db.url(), yaml);
+        port = served->port();
     }
 
-    void TearDown() override {
-        if (server) server->stop();
-        if (thread.joinable()) thread.join();
-    }
+    void TearDown() override { served.reset(); }
 
     Reply ask(const json& body, const std::string& key = "") {
         return post(port, body.dump(), key);
@@ -396,20 +148,20 @@ class AskTest : public ::testing::Test {
         store::NewEntry e;
         e.content = content;
         e.scope = scope;
-        auto r = store->add(std::move(e));
+        auto r = served->store().add(std::move(e));
         if (!r) throw std::runtime_error(r.error().message);
         return r->entry;
     }
 
     long long count() {
-        auto n = store->count({});
+        auto n = served->store().count({});
         if (!n) throw std::runtime_error(n.error().message);
         return *n;
     }
 
     // A model that searches once with `query`, then answers `answer`.
     void search_then_answer(const std::string& query, const std::string& answer) {
-        fake.script([=](const json& request) -> Turn {
+        fake.script([=](int, const json& request) -> Turn {
             if (tool_results(request).empty())
                 return {"Let me look. ", {{"toolu_s", "search_memory", {{"query", query}}}}};
             return {answer, {}};
@@ -417,7 +169,7 @@ class AskTest : public ::testing::Test {
     }
     // A model that saves `content`, then says so.
     void save_then_answer(const std::string& content) {
-        fake.script([=](const json& request) -> Turn {
+        fake.script([=](int, const json& request) -> Turn {
             if (tool_results(request).empty())
                 return {"", {{"toolu_w", "save_to_memory", {{"content", content}}}}};
             return {"Done.", {}};
@@ -543,7 +295,7 @@ TEST_F(AskTest, StreamedAnswerIsTextEventsThenDone) {
 
 TEST_F(AskTest, ModelFailureIsAnErrorInEitherForm) {
     start();
-    fake.script([](const json&) -> Turn { return {"", {}, 529}; });
+    fake.script([](int, const json&) -> Turn { return {"", {}, 529}; });
     expect_error(ask({{"question", "Anything?"}}), 503, "unavailable");
 
     Reply s = ask({{"question", "Anything?"}, {"stream", true}});
@@ -559,7 +311,7 @@ TEST_F(AskTest, ModelFailureIsAnErrorInEitherForm) {
 // call it was about to make is not run, and no further model round is paid for.
 TEST_F(AskTest, ClientDisconnectStopsTheStreamedAnswer) {
     start({.model = true, .keys = true});
-    fake.script([](const json& request) -> Turn {
+    fake.script([](int, const json& request) -> Turn {
         if (!tool_results(request).empty()) return {"Saved.", {}};
         Turn t{"I will save that for you now. ",
                {{"toolu_w", "save_to_memory", {{"content", "Deploys freeze on Fridays"}}}}};
@@ -602,7 +354,7 @@ TEST_F(AskTest, ClientDisconnectStopsTheStreamedAnswer) {
 // refuses empty messages).
 TEST_F(AskTest, EmptyHistoryTurnsAreSkipped) {
     start();
-    fake.script([](const json&) -> Turn { return {"Hello again.", {}}; });
+    fake.script([](int, const json&) -> Turn { return {"Hello again.", {}}; });
     Reply r =
         ask({{"question", "Still there?"},
              {"history",
@@ -618,7 +370,7 @@ TEST_F(AskTest, EmptyHistoryTurnsAreSkipped) {
 
 TEST_F(AskTest, InvalidRequestsAre400) {
     start();
-    fake.script([](const json&) -> Turn { return {"should not be asked", {}}; });
+    fake.script([](int, const json&) -> Turn { return {"should not be asked", {}}; });
     for (const std::string& body : std::vector<std::string>{
              R"({})",
              R"({"question": 42})",
@@ -668,7 +420,7 @@ TEST_F(AskTest, ReadKeyCannotSaveWriteKeyCan) {
     ASSERT_EQ(saved.size(), 1u) << write;
     EXPECT_EQ(saved[0]["content"], "The VPN gateway is vpn-2.example.com.");
     EXPECT_EQ(count(), before + 1);
-    auto row = store->get(saved[0]["id"].get<std::string>());
+    auto row = served->store().get(saved[0]["id"].get<std::string>());
     ASSERT_TRUE(row) << row.error().message;
     EXPECT_EQ(row->content, "The VPN gateway is vpn-2.example.com.");
 }

@@ -26,6 +26,7 @@
 #include "llm/llm.h"
 #include "log/log.h"
 #include "support/pg.h"
+#include "support/served.h"
 
 namespace ka::http {
 namespace {
@@ -168,83 +169,14 @@ void expect_error(const Reply& r, int status, const std::string& code) {
     }
 }
 
-// A Server over its own pool, embedder, store and agent (retrieval-only: llm.provider none),
-// wired as `serve` wires them, serving on a loopback port from a thread.
-class Served {
-  public:
-    Served(const std::string& url, const Options& options = {}) {
-        auto loaded = config::load_from_string(
-            yaml_for(options), [&](const std::string& name) -> std::optional<std::string> {
-                if (name == "POSTGRES_URL") return url;
-                return std::nullopt;
-            });
-        if (!loaded) throw std::runtime_error("config: " + loaded.error().message);
-        config_ = std::move(*loaded);
-        auto conn = db::connect(config_);
-        if (!conn) throw std::runtime_error("connect: " + conn.error().message);
-        if (auto ok = db::prepare_schema(*conn, config_, true); !ok)
-            throw std::runtime_error("schema: " + ok.error().message);
-        pool_ = std::make_unique<db::Pool>(conn->target(), config_.postgres.pool_size,
-                                           config_.postgres.connect_timeout);
-        auto inner = embed::make_embedder(config_);
-        if (!inner) throw std::runtime_error("embedder: " + inner.error().message);
-        embedder_ = std::make_unique<MeasuredEmbedder>(std::move(*inner), metrics_);
-        store_ = std::make_unique<store::Store>(*pool_, *embedder_, config_);
-        if (auto ok = store_->prepare(); !ok)
-            throw std::runtime_error("prepare: " + ok.error().message);
-        auto model = llm::make_chat_model(config_);
-        if (!model) throw std::runtime_error("llm: " + model.error().message);
-        model_ = std::move(*model);
-        auto prompt = agent::base_prompt(config_);
-        if (!prompt) throw std::runtime_error("prompt: " + prompt.error().message);
-        agent_ = std::make_unique<agent::Agent>(*store_, model_.get(), config_, std::move(*prompt));
-        server_ = std::make_unique<Server>(config_, *store_, *pool_, metrics_, agent_.get());
-        auto port = server_->bind();
-        if (!port) throw std::runtime_error("bind: " + port.error().message);
-        port_ = *port;
-        thread_ = std::thread([this] { server_->run(); });
-        // stop() before the accept loop runs would be lost: wait until it answers.
-        auto deadline = std::chrono::steady_clock::now() + 30s;
-        while (send(port_, "GET", "/health", {}).status != 200) {
-            if (std::chrono::steady_clock::now() > deadline) {
-                server_->stop();
-                thread_.join();
-                throw std::runtime_error("the server did not come up");
-            }
-            std::this_thread::sleep_for(5ms);
-        }
-    }
-    ~Served() {
-        server_->stop();
-        thread_.join();
-    }
-    Served(const Served&) = delete;
-    Served& operator=(const Served&) = delete;
-
-    int port() const { return port_; }
-    store::Store& store() { return *store_; }
-
-  private:
-    config::Config config_;
-    Metrics metrics_;
-    std::unique_ptr<db::Pool> pool_;
-    std::unique_ptr<embed::Embedder> embedder_;
-    std::unique_ptr<store::Store> store_;
-    std::unique_ptr<llm::ChatModel> model_;
-    std::unique_ptr<agent::Agent> agent_;
-    std::unique_ptr<Server> server_;
-    std::thread thread_;
-    int port_ = 0;
-};
-
 class ServerTest : public ::testing::Test {
   protected:
     static void SetUpTestSuite() { log::configure("warn", "console"); }
 
     test::TestDatabase db;
-    std::unique_ptr<Served> served;
+    std::unique_ptr<test::Served> served;
 
-    void SetUp() override { served = std::make_unique<Served>(db.url()); }
+    void SetUp() override { served = std::make_unique<test::Served>(db.url(), yaml_for({})); }
     void TearDown() override { served.reset(); }
 
     int port() const { return served->port(); }
@@ -718,7 +650,7 @@ TEST_F(ServerTest, ExportStreamsNdjsonThatReimports) {
     test::TestDatabase other_db;
     Options open;
     open.keys = false;
-    Served other(other_db.url(), open);
+    test::Served other(other_db.url(), yaml_for(open));
     Reply imported =
         send(other.port(), "POST", "/api/v1/memories:import", {}, r.body, "application/x-ndjson");
     ASSERT_EQ(imported.status, 200) << imported;
@@ -1104,7 +1036,7 @@ TEST(ServerRateLimit, FourthQuickRequestIs429WithRetryAfter) {
     Options o;
     o.requests_per_second = 1;
     o.burst = 3;
-    Served served(db.url(), o);
+    test::Served served(db.url(), yaml_for(o));
     // Cheap requests (rejected before touching the database), so four fit well within a second.
     auto quick = [&](const std::string& key) {
         return send(served.port(), "POST", "/api/v1/search", bearer(key), "{}");
@@ -1185,7 +1117,7 @@ TEST(ServerDatabaseRestart, Answers503WhileDownAndRecoversWithoutRestart) {
     Options o;
     o.connect_timeout = 2;
     o.pool_size = 2;
-    Served served(db::embedded_target(cluster.cluster()).conninfo, o);
+    test::Served served(db::embedded_target(cluster.cluster()).conninfo, yaml_for(o));
     int port = served.port();
     // Answers must come well within this, or the request counts as hung.
     auto send = [&](const std::string& method, const std::string& path, httplib::Headers headers,

@@ -36,11 +36,14 @@
 #include "http/server.h"
 #include "log/log.h"
 #include "support/pg.h"
+#include "support/served.h"
 
 extern char** environ;
 
 namespace ka {
 namespace {
+
+using test::Served;
 
 using json = nlohmann::json;
 using namespace std::chrono_literals;
@@ -130,70 +133,6 @@ std::string yaml(int pool_size, int connect_timeout, const std::string& extra = 
                pool_size, connect_timeout, kAdmin) +
            extra;
 }
-
-config::Config load(const std::string& text, const std::string& url) {
-    auto loaded =
-        config::load_from_string(text, [&](const std::string& name) -> std::optional<std::string> {
-            if (name == "POSTGRES_URL") return url;
-            return std::nullopt;
-        });
-    if (!loaded) throw std::runtime_error("config: " + loaded.error().message);
-    return std::move(*loaded);
-}
-
-// An http::Server over its own pool, embedder and store (the same wiring as `serve`), on a
-// loopback port, served from a thread.
-class Served {
-  public:
-    Served(const std::string& url, const std::string& config_yaml)
-        : config_(load(config_yaml, url)) {
-        auto conn = db::connect(config_);
-        if (!conn) throw std::runtime_error("connect: " + conn.error().message);
-        if (auto ok = db::prepare_schema(*conn, config_, config_.migrations.auto_apply); !ok)
-            throw std::runtime_error("schema: " + ok.error().message);
-        pool_ = std::make_unique<db::Pool>(conn->target(), config_.postgres.pool_size,
-                                           config_.postgres.connect_timeout);
-        auto inner = embed::make_embedder(config_);
-        if (!inner) throw std::runtime_error("embedder: " + inner.error().message);
-        embedder_ = std::make_unique<http::MeasuredEmbedder>(std::move(*inner), metrics_);
-        store_ = std::make_unique<store::Store>(*pool_, *embedder_, config_);
-        if (auto ok = store_->prepare(); !ok)
-            throw std::runtime_error("prepare: " + ok.error().message);
-        server_ = std::make_unique<http::Server>(config_, *store_, *pool_, metrics_);
-        auto port = server_->bind();
-        if (!port) throw std::runtime_error("bind: " + port.error().message);
-        port_ = *port;
-        thread_ = std::thread([this] { server_->run(); });
-        // stop() before the accept loop runs would be lost: wait until it answers.
-        auto deadline = Clock::now() + 30s;
-        while (send(port_, "GET", "/health").status != 200) {
-            if (Clock::now() > deadline) {
-                server_->stop();
-                thread_.join();
-                throw std::runtime_error("the server did not come up");
-            }
-            std::this_thread::sleep_for(5ms);
-        }
-    }
-    ~Served() {
-        server_->stop();
-        thread_.join();
-    }
-    Served(const Served&) = delete;
-    Served& operator=(const Served&) = delete;
-
-    int port() const { return port_; }
-
-  private:
-    config::Config config_;
-    http::Metrics metrics_;
-    std::unique_ptr<db::Pool> pool_;
-    std::unique_ptr<embed::Embedder> embedder_;
-    std::unique_ptr<store::Store> store_;
-    std::unique_ptr<http::Server> server_;
-    std::thread thread_;
-    int port_ = 0;
-};
 
 // --- database helpers --------------------------------------------------------------------------
 

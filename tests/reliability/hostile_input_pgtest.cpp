@@ -31,6 +31,7 @@
 #include "log/log.h"
 #include "store/store.h"
 #include "support/pg.h"
+#include "support/served.h"
 
 namespace ka::http {
 namespace {
@@ -123,66 +124,6 @@ Reply send(int port, const std::string& method, const std::string& path, const s
     r.content_type = res->get_header_value("Content-Type");
     return r;
 }
-
-// The server over its own pool, store and retrieval-only agent, serving from a thread.
-class Served {
-  public:
-    explicit Served(const std::string& url, const std::string& extra_yaml = "") {
-        auto loaded = config::load_from_string(
-            yaml(extra_yaml), [&](const std::string& name) -> std::optional<std::string> {
-                if (name == "POSTGRES_URL") return url;
-                return std::nullopt;
-            });
-        if (!loaded) throw std::runtime_error("config: " + loaded.error().message);
-        config_ = std::move(*loaded);
-        auto conn = db::connect(config_);
-        if (!conn) throw std::runtime_error("connect: " + conn.error().message);
-        if (auto ok = db::prepare_schema(*conn, config_, true); !ok)
-            throw std::runtime_error("schema: " + ok.error().message);
-        pool_ = std::make_unique<db::Pool>(conn->target(), config_.postgres.pool_size,
-                                           config_.postgres.connect_timeout);
-        auto embedder = embed::make_embedder(config_);
-        if (!embedder) throw std::runtime_error("embedder: " + embedder.error().message);
-        embedder_ = std::move(*embedder);
-        store_ = std::make_unique<store::Store>(*pool_, *embedder_, config_);
-        if (auto ok = store_->prepare(); !ok)
-            throw std::runtime_error("prepare: " + ok.error().message);
-        agent_ = std::make_unique<agent::Agent>(*store_, nullptr, config_, "");
-        server_ = std::make_unique<Server>(config_, *store_, *pool_, metrics_, agent_.get());
-        auto port = server_->bind();
-        if (!port) throw std::runtime_error("bind: " + port.error().message);
-        port_ = *port;
-        thread_ = std::thread([this] { server_->run(); });
-        auto deadline = std::chrono::steady_clock::now() + 30s;
-        while (send(port_, "GET", "/health", "", "").status != 200) {
-            if (std::chrono::steady_clock::now() > deadline) {
-                server_->stop();
-                thread_.join();
-                throw std::runtime_error("the server did not come up");
-            }
-            std::this_thread::sleep_for(5ms);
-        }
-    }
-    ~Served() {
-        server_->stop();
-        thread_.join();
-    }
-    Served(const Served&) = delete;
-    Served& operator=(const Served&) = delete;
-
-    int port() const { return port_; }
-
-  private:
-    config::Config config_;
-    Metrics metrics_;
-    std::unique_ptr<db::Pool> pool_;
-    std::unique_ptr<embed::Embedder> embedder_;
-    std::unique_ptr<store::Store> store_;
-    std::unique_ptr<agent::Agent> agent_;
-    std::unique_ptr<Server> server_;
-    std::thread thread_;
-    int port_ = 0;
-};
 
 struct Hostile {
     std::string what;
@@ -595,9 +536,9 @@ class HostileInputTest : public ::testing::Test {
     static void SetUpTestSuite() { log::configure("error", "console"); }
 
     test::TestDatabase db;
-    std::unique_ptr<Served> served;
+    std::unique_ptr<test::Served> served;
 
-    void SetUp() override { served = std::make_unique<Served>(db.url()); }
+    void SetUp() override { served = std::make_unique<test::Served>(db.url(), yaml("")); }
     void TearDown() override { served.reset(); }
 
     Reply call(const std::string& method, const std::string& path, const std::string& body = {},
@@ -747,12 +688,13 @@ TEST(HostileKeepAliveTest, RefusedImportDoesNotPoisonTheConnection) {
     test::TestDatabase db;
     const std::string reader = "reader-key-0123456789abcdef";
     const std::string writer = "writer-key-0123456789abcdef";
-    Served served(db.url(), fmt::format("auth:\n"
-                                        "  keys:\n"
-                                        "    - {{name: reader, key: {}, role: read}}\n"
-                                        "    - {{name: writer, key: {}, role: write, scopes: "
-                                        "[team-a]}}\n",
-                                        reader, writer));
+    test::Served served(db.url(),
+                        yaml(fmt::format("auth:\n"
+                                         "  keys:\n"
+                                         "    - {{name: reader, key: {}, role: read}}\n"
+                                         "    - {{name: writer, key: {}, role: write, scopes: "
+                                         "[team-a]}}\n",
+                                         reader, writer)));
     httplib::Client client("127.0.0.1", served.port());
     client.set_keep_alive(true);
     client.set_read_timeout(60s);

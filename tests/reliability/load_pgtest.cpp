@@ -46,6 +46,7 @@
 #include "log/log.h"
 #include "store/store.h"
 #include "support/pg.h"
+#include "support/served.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define KA_LOAD_ASAN 1
@@ -102,69 +103,6 @@ std::string yaml() {
            "log:\n"
            "  level: error\n";
 }
-
-// The server over its own pool, store and retrieval-only agent, serving from a thread.
-class Served {
-  public:
-    explicit Served(const std::string& url) {
-        auto loaded = config::load_from_string(
-            yaml(), [&](const std::string& name) -> std::optional<std::string> {
-                if (name == "POSTGRES_URL") return url;
-                return std::nullopt;
-            });
-        if (!loaded) throw std::runtime_error("config: " + loaded.error().message);
-        config_ = std::move(*loaded);
-        auto conn = db::connect(config_);
-        if (!conn) throw std::runtime_error("connect: " + conn.error().message);
-        if (auto ok = db::prepare_schema(*conn, config_, true); !ok)
-            throw std::runtime_error("schema: " + ok.error().message);
-        pool_ = std::make_unique<db::Pool>(conn->target(), config_.postgres.pool_size,
-                                           config_.postgres.connect_timeout);
-        auto inner = embed::make_embedder(config_);
-        if (!inner) throw std::runtime_error("embedder: " + inner.error().message);
-        embedder_ = std::make_unique<MeasuredEmbedder>(std::move(*inner), metrics_);
-        store_ = std::make_unique<store::Store>(*pool_, *embedder_, config_);
-        if (auto ok = store_->prepare(); !ok)
-            throw std::runtime_error("prepare: " + ok.error().message);
-        agent_ = std::make_unique<agent::Agent>(*store_, nullptr, config_, "");
-        server_ = std::make_unique<Server>(config_, *store_, *pool_, metrics_, agent_.get());
-        auto port = server_->bind();
-        if (!port) throw std::runtime_error("bind: " + port.error().message);
-        port_ = *port;
-        thread_ = std::thread([this] { server_->run(); });
-        httplib::Client probe("127.0.0.1", port_);
-        auto deadline = Clock::now() + 30s;
-        while (true) {
-            auto res = probe.Get("/health");
-            if (res && res->status == 200) break;
-            if (Clock::now() > deadline) {
-                server_->stop();
-                thread_.join();
-                throw std::runtime_error("the server did not come up");
-            }
-            std::this_thread::sleep_for(5ms);
-        }
-    }
-    ~Served() {
-        server_->stop();
-        thread_.join();
-    }
-    Served(const Served&) = delete;
-    Served& operator=(const Served&) = delete;
-
-    int port() const { return port_; }
-
-  private:
-    config::Config config_;
-    Metrics metrics_;
-    std::unique_ptr<db::Pool> pool_;
-    std::unique_ptr<embed::Embedder> embedder_;
-    std::unique_ptr<store::Store> store_;
-    std::unique_ptr<agent::Agent> agent_;
-    std::unique_ptr<Server> server_;
-    std::thread thread_;
-    int port_ = 0;
-};
 
 enum Op { kSave, kSearch, kList, kAsk, kOps };
 const char* const kOpNames[kOps] = {"save", "search", "list", "ask"};
@@ -280,7 +218,7 @@ double percentile(std::vector<double>& v, double p) {
 TEST(LoadTest, SustainedMixedLoadWithoutErrorsLossOrMemoryGrowth) {
     log::configure("error", "console");
     test::TestDatabase db;
-    auto served = std::make_unique<Served>(db.url());
+    auto served = std::make_unique<test::Served>(db.url(), yaml());
     const int seconds = load_seconds();
     // Warm-up: a sixth of the run, at least 5 s and at most 60 s.
     const auto warmup = std::chrono::seconds(std::clamp(seconds / 6, 5, 60));
