@@ -690,7 +690,7 @@ struct Server::Impl {
         store::Filters f = filters_from_query(c.req);
         if (auto ok = restrict_scopes(c.who, f); !ok) return ok;
         // Checked before streaming starts: after that the status is already 200.
-        if (auto ok = store::detail::check_filters(f); !ok) return ok;
+        if (auto ok = store::check_filters(f); !ok) return ok;
         std::string with = c.req.get_param_value("embeddings");
         if (!with.empty() && with != "true" && with != "false")
             return invalid("query parameter embeddings must be true or false");

@@ -346,9 +346,10 @@ Result<db::PgResult> run(db::Connection& conn, const std::string& sql, const db:
 
 }  // namespace ka::store::detail
 
-namespace ka::store::detail {
+namespace ka::store {
 
 Status check_filters(const Filters& f) {
+    using namespace detail;
     for (const auto& s : f.scopes) {
         if (auto ok = check_scope(s); !ok) return ok;
     }
@@ -364,6 +365,10 @@ Status check_filters(const Filters& f) {
     }
     return {};
 }
+
+}  // namespace ka::store
+
+namespace ka::store::detail {
 
 Result<std::vector<embed::Vector>> embed_documents(embed::Embedder& embedder,
                                                    const std::vector<std::string>& texts,

@@ -51,8 +51,6 @@ Result<db::PgResult> run(db::Connection& conn, const std::string& sql, const db:
 
 namespace ka::store::detail {
 
-Status check_filters(const Filters& filters);
-
 // Embeds texts for documents with the store's embedder, checking what comes back.
 Result<std::vector<embed::Vector>> embed_documents(embed::Embedder& embedder,
                                                    const std::vector<std::string>& texts,

@@ -79,6 +79,9 @@ struct Filters {
     std::optional<std::string> created_after;   // RFC 3339, inclusive
     std::optional<std::string> created_before;  // exclusive
 };
+// Validates filters as every store call does; for callers that must refuse bad filters before
+// they start answering (the HTTP export streams its body).
+Status check_filters(const Filters& filters);
 
 enum class Mode { vector, text, hybrid };
 Result<Mode> parse_mode(std::string_view name);
