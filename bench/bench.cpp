@@ -1137,10 +1137,14 @@ int main(int argc, char** argv) {
             auto dir =
                 std::filesystem::temp_directory_path() / fmt::format("ka-bench-{}", getpid());
             std::filesystem::create_directories(dir);
+            // Only the rows the peer loads, then the queries: Node's readFileSync stops at 2 GiB
+            // (all 1M rows are 3 GiB).
+            const std::size_t node_rows = std::min(rows, node_load_rows);
             {
                 std::ofstream f(dir / "vectors.f32", std::ios::binary);
                 f.write(reinterpret_cast<const char*>(data.vectors.data()),
-                        static_cast<std::streamsize>(data.vectors.size() * sizeof(float)));
+                        static_cast<std::streamsize>(node_rows * static_cast<std::size_t>(dim) *
+                                                     sizeof(float)));
                 f.write(reinterpret_cast<const char*>(data.query_vectors.data()),
                         static_cast<std::streamsize>(data.query_vectors.size() * sizeof(float)));
             }
@@ -1154,7 +1158,7 @@ int main(int argc, char** argv) {
                              {"ef", efs},
                              {"clients", clients},
                              {"contents", data.contents},
-                             {"load_rows", std::min(rows, node_load_rows)},
+                             {"load_rows", node_rows},
                              {"truth", truth}};
                 std::ofstream(dir / "meta.json") << meta.dump();
             }

@@ -5,7 +5,7 @@
 //   node bench.mjs --data DIR     (connection from the PG* environment variables, as pg reads them)
 //
 // DIR holds meta.json ({rows, queries, dim, k, ef, clients, contents, truth}) and vectors.f32
-// (rows then queries, float32 little-endian). Load goes into its own table node_items (dropped
+// (the load_rows rows, then the queries; float32 little-endian). Load goes into its own table node_items (dropped
 // afterwards); searches run against memory_entries, the same rows and HNSW index the product
 // and the raw libpq client search, so the figures differ only by the client stack.
 import fs from 'node:fs';
@@ -24,7 +24,7 @@ const raw = fs.readFileSync(path.join(dataDir, 'vectors.f32'));
 const floats = new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4);
 const { rows, queries, dim, k } = meta;
 const vector = (i) => Array.from(floats.subarray(i * dim, (i + 1) * dim));
-const queryVector = (q) => vector(rows + q);
+const queryVector = (q) => vector((meta.load_rows ?? rows) + q);
 
 const ms = (t0) => Number(process.hrtime.bigint() - t0) / 1e6;
 const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
