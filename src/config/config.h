@@ -65,6 +65,7 @@ struct Config {
         int max_k = 0;
         std::string iterative_scan;
         int exact_max_rows = 0;
+        int exact_max_percent = 0;
         int rrf_k = 0;
         bool text_fallback = true;
     } search;

@@ -24,14 +24,22 @@ bool has_filters(const Filters& f) {
     return !f.scopes.empty() || !f.tags.empty() || f.source || f.created_after || f.created_before;
 }
 
-// Rows the planner expects the filter to match (no execution).
-Result<double> estimated_rows(db::Connection& conn, const std::string& where,
-                              const db::Params& params) {
-    auto r = conn.exec("EXPLAIN (FORMAT JSON) SELECT 1 FROM memory_entries WHERE " + where, params);
+// Whether the planner expects the filter to match few enough rows, absolutely or as a share of
+// the table, to rank every match exactly (no execution). One EXPLAIN estimates both: the two
+// branches of the UNION ALL are the filtered rows and the whole table.
+Result<bool> selective(db::Connection& conn, const std::string& where, const db::Params& params,
+                       const config::Config& config) {
+    auto r = conn.exec("EXPLAIN (FORMAT JSON) SELECT 1 FROM memory_entries WHERE " + where +
+                           " UNION ALL SELECT 1 FROM memory_entries",
+                       params);
     if (!r) return std::unexpected(r.error());
     auto plan = nlohmann::json::parse(r->get(0, 0), nullptr, false);
-    if (plan.is_discarded()) return 0.0;
-    return plan[0]["Plan"].value("Plan Rows", 0.0);
+    const nlohmann::json* plans = nullptr;
+    if (!plan.is_discarded() && plan.is_array() && !plan.empty()) plans = &plan[0]["Plan"]["Plans"];
+    if (!plans || !plans->is_array() || plans->size() != 2) return false;
+    double rows = (*plans)[0].value("Plan Rows", 0.0), total = (*plans)[1].value("Plan Rows", 0.0);
+    return rows <= config.search.exact_max_rows ||
+           rows * 100 <= total * config.search.exact_max_percent;
 }
 
 std::vector<Hit> to_hits(const db::PgResult& r) {
@@ -66,9 +74,9 @@ Result<std::vector<Hit>> vector_search(db::Connection& conn, const Query& q, con
     bool exact = false;
     if (has_filters(filters)) {
         db::Params where_params;
-        auto rows = estimated_rows(conn, where_sql(filters, where_params), where_params);
-        if (!rows) return std::unexpected(rows.error());
-        exact = *rows <= config.search.exact_max_rows;
+        auto few = selective(conn, where_sql(filters, where_params), where_params, config);
+        if (!few) return std::unexpected(few.error());
+        exact = *few;
     }
     // The k rows are ranked, cut at min_similarity and re-sorted here, not in SQL: a subquery
     // and sort around the index scan cost ~8% of a search (pgbench, 20k rows, ef 40).

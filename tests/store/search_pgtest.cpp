@@ -132,6 +132,21 @@ class Recall : public ::testing::Test {
         }
         return total / kQueries;
     }
+    // Scans of the HNSW index, waiting up to 5 s for at least `at_least`: backends report their
+    // statistics when they exit, a moment after the pool closes them.
+    static long long hnsw_scans(long long at_least) {
+        auto conn = db->connect();
+        long long scans = 0;
+        for (int i = 0; i < 50; ++i) {
+            scans = conn.exec(
+                            "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = "
+                            "'idx_memory_entries_embedding'")
+                        ->integer(0, 0);
+            if (scans >= at_least) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        return scans;
+    }
 };
 
 TEST_F(Recall, UnfilteredAtEfSearch100) {
@@ -143,17 +158,8 @@ TEST_F(Recall, UnfilteredAtEfSearch100) {
         EXPECT_GE(r, 0.99) << "recall@10 at ef_search 100";
         EXPECT_EQ(short_results, 0);
     }
-    // The index really served these queries: the pool's backends flush their statistics on exit.
-    auto conn = db->connect();
-    long long scans = 0;
-    for (int i = 0; i < 50 && scans == 0; ++i) {
-        scans = conn.exec(
-                        "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = "
-                        "'idx_memory_entries_embedding'")
-                    ->integer(0, 0);
-        if (scans == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    EXPECT_GT(scans, 0);
+    // The index really served these queries.
+    EXPECT_GT(hnsw_scans(1), 0);
 }
 
 TEST_F(Recall, SelectiveFilterIsExact) {
@@ -168,6 +174,7 @@ TEST_F(Recall, SelectiveFilterIsExact) {
 TEST_F(Recall, TenPercentFilterThroughIterativeIndexScan) {
     config::Config through_index = config;
     through_index.search.exact_max_rows = 0;  // force the HNSW path with iterative scans
+    through_index.search.exact_max_percent = 0;
     db::Pool pool(db::Target{db->url(), db->name(), false}, 2, 10);
     Store store(pool, embedder, through_index);
     int short_results = 0;
@@ -181,6 +188,41 @@ TEST_F(Recall, TenPercentFilterThroughIterativeIndexScan) {
     int plain_short = 0;
     recall(plain, "hundredth", 40, plain_short);
     EXPECT_EQ(plain_short, 0) << "with iterative scans off, the exact fallback still returns k";
+}
+
+TEST_F(Recall, FilterMatchingOnePercentOfTheTableIsExactWhateverItsRowCount) {
+    // 100 rows match "hundredth": over exact_max_rows here, as 10,000 rows are at 1M entries.
+    config::Config percent = config;
+    percent.search.exact_max_rows = 50;
+    percent.search.exact_max_percent = 1;
+    // HNSW scans while searching for "hundredth" and then once unfiltered. The planner would pick
+    // the tag's index itself on a table this small: it is told not to, as it does at 1M rows.
+    double found = 0;
+    auto scans_for = [&](const config::Config& c) {
+        long long before = hnsw_scans(0);
+        {
+            // One connection: one backend, whose statistics arrive when it exits.
+            db::Pool pool(db::Target{db->url() + " options='-c enable_bitmapscan=off -c "
+                                                 "enable_seqscan=off'",
+                                     db->name(), false},
+                          1, 10);
+            Store store(pool, embedder, c);
+            int short_results = 0;
+            found = recall(store, "hundredth", 40, short_results);
+            EXPECT_EQ(short_results, 0);
+            SearchRequest unfiltered;
+            unfiltered.query_vector = vectors[0];
+            unfiltered.k = kK;
+            unfiltered.mode = Mode::vector;
+            EXPECT_TRUE(store.search(unfiltered));
+        }
+        return hnsw_scans(before + 1) - before;
+    };
+    EXPECT_EQ(scans_for(percent), 1) << "only the unfiltered search used the HNSW index";
+    EXPECT_DOUBLE_EQ(found, 1.0);
+    config::Config rows_only = percent;
+    rows_only.search.exact_max_percent = 0;
+    EXPECT_GT(scans_for(rows_only), 1) << "control: without the share rule the filter uses it";
 }
 
 }  // namespace
