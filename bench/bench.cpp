@@ -24,11 +24,14 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <numeric>
 #include <random>
@@ -71,12 +74,19 @@ double since(Clock::time_point t0) {
     return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// The JSON lines file of the run (~10 GB at 1M rows): removed on every way out.
-std::filesystem::path g_jsonl_path;
+// The JSON lines file of the run (~10 GB at 1M rows): removed on every way out, Ctrl-C included.
+// A plain buffer: unlink() of it is all a signal handler may do.
+char g_jsonl_path[4096];
+
+extern "C" void on_signal(int sig) {
+    if (g_jsonl_path[0]) ::unlink(g_jsonl_path);
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+}
 
 [[noreturn]] void die(const std::string& what) {
     std::cerr << "ka-bench: " << what << "\n";
-    if (!g_jsonl_path.empty()) std::filesystem::remove(g_jsonl_path);
+    if (g_jsonl_path[0]) ::unlink(g_jsonl_path);
     std::exit(1);
 }
 
@@ -819,9 +829,12 @@ int main(int argc, char** argv) {
     t0 = Clock::now();
     // A file, as users import one: at 1M rows it is ~10 GB, which must not sit in the bench's
     // memory while the product builds its index. The live-index rows are kept in memory.
-    g_jsonl_path =
+    const std::filesystem::path jsonl_path =
         std::filesystem::temp_directory_path() / fmt::format("ka-bench-{}.jsonl", getpid());
-    const std::filesystem::path& jsonl_path = g_jsonl_path;
+    if (jsonl_path.native().size() >= sizeof g_jsonl_path) die("temp directory path too long");
+    std::strcpy(g_jsonl_path, jsonl_path.c_str());
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
     std::string live_jsonl;
     {
         std::ofstream out(jsonl_path, std::ios::binary | std::ios::trunc);
@@ -911,7 +924,7 @@ int main(int argc, char** argv) {
     load["product_import_then_index"] = {
         {"rows", rows}, {"seconds", import_s}, {"rows_per_s", rate(rows, import_s)}};
     std::filesystem::remove(jsonl_path);
-    g_jsonl_path.clear();
+    g_jsonl_path[0] = '\0';
     std::cerr << fmt::format(
         "ka-bench: product import {:.0f} rows/s (no HNSW index; JSON parse alone {:.0f} rows/s), "
         "{:.1f} s with index build and term statistics\n",
@@ -1009,6 +1022,28 @@ int main(int argc, char** argv) {
         for (const auto& h : parsed["results"]) ids.push_back(index_of(h["id"].get<std::string>()));
         return ids;
     };
+    // Sum and count of the server's latency histograms: the HTTP request, the store search inside
+    // it, and every PostgreSQL statement.
+    auto server_times = [&] {
+        std::map<std::string, std::pair<double, double>> out;
+        std::istringstream text(metrics.render(pool.stats(), {}));
+        for (std::string line; std::getline(text, line);) {
+            for (auto [name, prefix] :
+                 {std::pair{"request", "knowledge_agent_http_request_duration_seconds_"},
+                  std::pair{"search", "knowledge_agent_search_duration_seconds_"},
+                  std::pair{"statement", "knowledge_agent_db_statement_duration_seconds_"}}) {
+                if (!line.starts_with(prefix)) continue;
+                if (name == std::string("request") &&
+                    line.find("/api/v1/search") == std::string::npos)
+                    continue;
+                auto value = std::strtod(line.c_str() + line.rfind(' ') + 1, nullptr);
+                auto rest = std::string_view(line).substr(std::strlen(prefix));
+                if (rest.starts_with("sum")) out[name].first = value;
+                if (rest.starts_with("count")) out[name].second = value;
+            }
+        }
+        return out;
+    };
     // Peak RSS of the process while serving: reset the high-water mark first.
     long rss_before = proc_status_kb("VmRSS:");
     { std::ofstream("/proc/self/clear_refs") << "5"; }
@@ -1024,9 +1059,27 @@ int main(int argc, char** argv) {
                 return raw[static_cast<std::size_t>(c)]->search(data.query(q), dim);
             });
             timed("store", [&](int, std::size_t q) { return store_query(q, ef, {}); });
+            // Where an HTTP search's time goes (1 client), from the server's own histograms: the
+            // request, the store search inside it, and its PostgreSQL statements. They cover the
+            // untimed pass of measure_warm() too, so they are compared as means.
+            auto before = server_times();
             timed("http", [&](int c, std::size_t q) {
                 return http_query(c, fmt::format("bench-q-{}", q), ef);
             });
+            if (n == 1) {
+                json parts{{"ef_search", ef}, {"client_mean_ms", stats.back().mean}};
+                for (const auto& [name, v] : server_times()) {
+                    auto [sum0, count0] = before[name];
+                    if (v.second > count0)
+                        parts[name + "_mean_ms"] = (v.first - sum0) / (v.second - count0) * 1e3;
+                }
+                report["http_time_inside"].push_back(parts);
+                std::cerr << fmt::format(
+                    "ka-bench:   http 1c ef {:>3} means: client {:.2f} ms, server request {:.2f}, "
+                    "store search {:.2f}, SQL statement {:.2f}\n",
+                    ef, parts.value("client_mean_ms", 0.0), parts.value("request_mean_ms", 0.0),
+                    parts.value("search_mean_ms", 0.0), parts.value("statement_mean_ms", 0.0));
+            }
             if (n == clients) break;
         }
     }
