@@ -1058,27 +1058,42 @@ int main(int argc, char** argv) {
             timed("raw", [&](int c, std::size_t q) {
                 return raw[static_cast<std::size_t>(c)]->search(data.query(q), dim);
             });
-            timed("store", [&](int, std::size_t q) { return store_query(q, ef, {}); });
             // Where an HTTP search's time goes (1 client), from the server's own histograms: the
-            // request, the store search inside it, and its PostgreSQL statements. They cover the
-            // untimed pass of measure_warm() too, so they are compared as means.
+            // request, the store search inside it, and its PostgreSQL statements, beside the same
+            // statement's mean in the store run just before. They cover the untimed pass of
+            // measure_warm() too, so they are compared as means.
+            auto before_store = server_times();
+            timed("store", [&](int, std::size_t q) { return store_query(q, ef, {}); });
             auto before = server_times();
             timed("http", [&](int c, std::size_t q) {
                 return http_query(c, fmt::format("bench-q-{}", q), ef);
             });
             if (n == 1) {
-                json parts{{"ef_search", ef}, {"client_mean_ms", stats.back().mean}};
-                for (const auto& [name, v] : server_times()) {
-                    auto [sum0, count0] = before[name];
-                    if (v.second > count0)
-                        parts[name + "_mean_ms"] = (v.first - sum0) / (v.second - count0) * 1e3;
-                }
+                // A histogram appears with its first observation: absent before means zero.
+                auto mean_ms = [](auto from, auto to, const std::string& name) {
+                    auto [sum0, count0] = from[name];
+                    auto [sum1, count1] = to[name];
+                    return count1 > count0 ? (sum1 - sum0) / (count1 - count0) * 1e3 : 0.0;
+                };
+                auto after = server_times();
+                json parts{
+                    {"ef_search", ef},
+                    {"client_mean_ms", stats.back().mean},
+                    {"raw_mean_ms", stats[stats.size() - 3].mean},
+                    {"store_run_mean_ms", stats[stats.size() - 2].mean},
+                    {"store_run_statement_mean_ms", mean_ms(before_store, before, "statement")}};
+                for (const char* name : {"request", "search", "statement"})
+                    parts[std::string(name) + "_mean_ms"] = mean_ms(before, after, name);
                 report["http_time_inside"].push_back(parts);
                 std::cerr << fmt::format(
                     "ka-bench:   http 1c ef {:>3} means: client {:.2f} ms, server request {:.2f}, "
-                    "store search {:.2f}, SQL statement {:.2f}\n",
-                    ef, parts.value("client_mean_ms", 0.0), parts.value("request_mean_ms", 0.0),
-                    parts.value("search_mean_ms", 0.0), parts.value("statement_mean_ms", 0.0));
+                    "store search {:.2f}, SQL statement {:.2f} (in the store run {:.2f}; store "
+                    "run {:.2f}, raw {:.2f})\n",
+                    ef, parts["client_mean_ms"].get<double>(),
+                    parts["request_mean_ms"].get<double>(), parts["search_mean_ms"].get<double>(),
+                    parts["statement_mean_ms"].get<double>(),
+                    parts["store_run_statement_mean_ms"].get<double>(),
+                    parts["store_run_mean_ms"].get<double>(), parts["raw_mean_ms"].get<double>());
             }
             if (n == clients) break;
         }
