@@ -88,7 +88,7 @@ const std::array kSettings = {
     Setting{"index.hnsw.m", Type::integer, "16", 2, 100, {},
             "HNSW m: links per node (16-32; higher = better recall, more memory).", "", false,
             KA_FIELD(index.hnsw.m)},
-    Setting{"index.hnsw.ef_construction", Type::integer, "64", 4, 1000, {},
+    Setting{"index.hnsw.ef_construction", Type::integer, "128", 4, 1000, {},
             "HNSW ef_construction: candidate list while building (64-128; at least 2 x m).", "",
             false, KA_FIELD(index.hnsw.ef_construction)},
     Setting{"search.ef_search", Type::integer, "40", 1, 1000, {},

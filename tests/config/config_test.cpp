@@ -32,7 +32,7 @@ TEST(Config, DefaultsMatchTheGuide) {
     EXPECT_EQ(c->postgres.connect_timeout, 10);
     EXPECT_EQ(c->embedding.dimensions, 768);
     EXPECT_EQ(c->index.hnsw.m, 16);
-    EXPECT_EQ(c->index.hnsw.ef_construction, 64);
+    EXPECT_EQ(c->index.hnsw.ef_construction, 128);
     EXPECT_EQ(c->search.ef_search, 40);
     EXPECT_EQ(c->log.level, "info");
     EXPECT_EQ(c->log.format, "console");

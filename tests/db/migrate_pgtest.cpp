@@ -35,7 +35,7 @@ TEST(Migrate, FreshDatabaseGetsSchemaAndIndex) {
     EXPECT_EQ(index.text(0, 0), "hnsw");
     EXPECT_TRUE(contains(index.text(0, 1), "vector_cosine_ops")) << index.text(0, 1);
     EXPECT_TRUE(contains(index.text(0, 1), "m='16'")) << index.text(0, 1);
-    EXPECT_TRUE(contains(index.text(0, 1), "ef_construction='64'"));
+    EXPECT_TRUE(contains(index.text(0, 1), "ef_construction='128'"));
 
     auto column = db.sql(
         "SELECT format_type(atttypid, atttypmod), attstorage FROM pg_attribute "

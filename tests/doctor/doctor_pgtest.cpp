@@ -34,7 +34,7 @@ TEST(Doctor, PassesOnAMigratedDatabaseWithMonitoringFigures) {
         EXPECT_TRUE(c.status == Status::pass || c.status == Status::warn) << id << ": " << c.value;
     }
     EXPECT_TRUE(contains(find(report, "vector_operation").value, "5.196"));
-    EXPECT_TRUE(contains(find(report, "hnsw_index").value, "m=16 ef_construction=64"));
+    EXPECT_TRUE(contains(find(report, "hnsw_index").value, "m=16 ef_construction=128"));
     EXPECT_EQ(find(report, "shared_preload_libraries").status, Status::info);
 
     auto cli = test::run_agent({"doctor", "--json"}, {"POSTGRES_URL=" + db.url()});
