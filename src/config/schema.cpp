@@ -110,9 +110,10 @@ const std::array kSettings = {
             "A filter matching at most this many rows is searched exactly, without the index: "
             "faster and exact for selective filters.",
             "", false, KA_FIELD(search.exact_max_rows)},
-    Setting{"search.exact_max_percent", Type::integer, "1", 0, 100, {},
+    Setting{"search.exact_max_percent", Type::integer, "2", 0, 100, {},
             "A filter matching at most this percentage of all entries is also searched exactly "
-            "(at 1M entries, 1% is 10,000 rows). 0: only search.exact_max_rows applies.",
+            "(at 1M entries, 2% is 20,000 rows; above 1% because the planner's estimate of a 1% "
+            "filter can come out just over 1%). 0: only search.exact_max_rows applies.",
             "", false, KA_FIELD(search.exact_max_percent)},
     Setting{"search.rrf_k", Type::integer, "60", 1, 1000, {},
             "Reciprocal-rank fusion constant for hybrid search.", "", false, KA_FIELD(search.rrf_k)},

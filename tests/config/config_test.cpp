@@ -34,6 +34,8 @@ TEST(Config, DefaultsMatchTheGuide) {
     EXPECT_EQ(c->index.hnsw.m, 16);
     EXPECT_EQ(c->index.hnsw.ef_construction, 128);
     EXPECT_EQ(c->search.ef_search, 40);
+    EXPECT_EQ(c->search.exact_max_rows, 8000);
+    EXPECT_EQ(c->search.exact_max_percent, 2);  // over 1%: estimates of 1% filters vary
     EXPECT_EQ(c->log.level, "info");
     EXPECT_EQ(c->log.format, "console");
     EXPECT_TRUE(c->migrations.auto_apply);
